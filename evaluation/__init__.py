@@ -1,0 +1,1 @@
+"""Scoring models on ImageNet and its test variants; usable without training."""
