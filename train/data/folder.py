@@ -1,0 +1,137 @@
+"""Image folders in the real ImageNet release layouts, robust to bad files.
+
+Two layouts are read: ``<root>/<wnid>/<file>`` (ImageNet train/val, Sketch, A, R, O, C) where the
+label is the wnid's position in a class list, and ``<root>/<int>/<file>`` (ImageNetV2) where the
+folder name *is* the class index (never string-sorted). Files are sorted with a natural key like
+timm, so ``img2`` comes before ``img10``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class DataLayoutError(ValueError):
+    """A dataset folder is missing or does not have the expected layout."""
+
+
+def natural_key(text: str) -> list[int | str]:
+    """Sort key comparing digit runs as integers: ``a2 < a10``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    target: int  # class index in the model's class list
+
+
+def scan_folder(root: Path, classes: Sequence[str] | None, layout: str = "wnid") -> list[Sample]:
+    """List the images under ``root`` with their class index.
+
+    Args:
+        root: folder holding one sub-folder per class.
+        classes: the model's class list (wnids); for ``layout="wnid"`` a folder's label is its
+            position here. Unused for ``layout="int"``.
+        layout: ``"wnid"`` (folders named by wnid) or ``"int"`` (folders named ``0..K-1``).
+
+    Raises:
+        DataLayoutError: root missing, no class folders, or folders not matching the layout.
+    """
+    root = Path(root)
+    expected = "<root>/<wnid>/<image>" if layout == "wnid" else "<root>/<class index>/<image>"
+    if not root.is_dir():
+        raise DataLayoutError(f"dataset folder {root} does not exist; expected the layout {expected}")
+    folders = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: natural_key(p.name))
+    if not folders:
+        raise DataLayoutError(f"{root} has no class folders; expected the layout {expected}")
+    if layout == "int":
+        bad = [p.name for p in folders if not p.name.isdigit()]
+        if bad:
+            raise DataLayoutError(
+                f"{root} has non-numeric folders ({', '.join(bad[:3])}); the int layout (ImageNetV2) "
+                f"expects folders 0..K-1; use layout 'wnid' for wnid folders"
+            )
+        labels = {p.name: int(p.name) for p in folders}
+    elif layout == "wnid":
+        if classes is None:
+            raise ValueError("scan_folder(layout='wnid') needs the class list")
+        index = {wnid: i for i, wnid in enumerate(classes)}
+        unknown = [p.name for p in folders if p.name not in index]
+        if unknown:
+            hint = (
+                " (numeric folders: this looks like ImageNetV2; use layout 'int')"
+                if unknown[0].isdigit()
+                else ""
+            )
+            raise DataLayoutError(
+                f"{root} has {len(unknown)} folders that are not in the class list (e.g. {unknown[0]!r})"
+                f"{hint}; expected the layout {expected}"
+            )
+        labels = {p.name: index[p.name] for p in folders}
+    else:
+        raise ValueError(f"layout={layout!r} is unknown; use 'wnid' or 'int'")
+
+    samples: list[Sample] = []
+    for folder in folders:
+        files = sorted(
+            (f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")),
+            key=lambda f: natural_key(f.name),
+        )
+        if not files:
+            log.warning("class folder %s is empty", folder)
+        samples.extend(Sample(f, labels[folder.name]) for f in files)
+    if not samples:
+        raise DataLayoutError(f"{root} has class folders but no images; expected the layout {expected}")
+    return samples
+
+
+class ImageFolderDataset(Dataset):
+    """Images with their class index; an unreadable file is replaced by the next readable one.
+
+    Items are ``(image, target, index, bad)``: ``image`` is what ``transform`` makes of the RGB PIL
+    image (float [3,H,W] in [0,1] with this project's transforms), ``target`` the class index,
+    ``index`` the position of the sample actually returned, and ``bad`` the index of an unreadable
+    file that was replaced (-1 when none). The batch size stays fixed; the caller counts ``bad``.
+    """
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable[[Image.Image], torch.Tensor]) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def targets(self) -> list[int]:
+        return [s.target for s in self.samples]
+
+    def load(self, index: int) -> Image.Image:
+        with Image.open(self.samples[index].path) as image:
+            return image.convert("RGB")
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
+        bad = -1
+        for offset in range(len(self.samples)):
+            i = (index + offset) % len(self.samples)
+            try:
+                image = self.load(i)
+            except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+                if bad < 0:
+                    bad = i
+                log.debug("unreadable image %s: %s", self.samples[i].path, err)
+                continue
+            return self.transform(image), self.samples[i].target, i, bad
+        raise DataLayoutError(f"no readable image among {len(self.samples)} files")
