@@ -1,0 +1,150 @@
+"""Lightning callbacks of the training program: exact resume, per-epoch health, bad-file report."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import psutil
+import torch
+import torch.distributed as dist
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to a temporary file and renames it: a kill never leaves half a file."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None
+    ) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        os.replace(tmp, path)
+
+
+class RandomStateCheckpoint(L.Callback):
+    """Saves every random state in checkpoints and restores it when training resumes.
+
+    Python, numpy, torch (CPU and CUDA) generators and the augmentation generator are captured at
+    checkpoint time. They are re-applied in ``on_train_start``, after the resumed run's sanity
+    check, so the resumed run draws the same numbers as an uninterrupted one.
+    """
+
+    def __init__(self) -> None:
+        self.pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        augment = getattr(pl_module, "augment", None)
+        if augment is not None and hasattr(augment, "get_rng_state"):
+            checkpoint["augment_rng_state"] = augment.get_rng_state()
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        augment = getattr(pl_module, "augment", None)
+        if augment is not None and "augment_rng_state" in checkpoint:
+            augment.set_rng_state(checkpoint["augment_rng_state"])
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.pending = state_dict
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.pending is None:
+            return
+        random.setstate(self.pending["python"])
+        np.random.set_state(self.pending["numpy"])
+        torch.set_rng_state(self.pending["torch"])
+        if self.pending["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(self.pending["cuda"])
+        self.pending = None
+
+
+class HealthMonitor(L.Callback):
+    """Logs images/s, seconds spent waiting for data, and peak memory once per training epoch."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.images = 0
+        self.wait = 0.0
+        self.start = time.perf_counter()
+        self.last_end = self.start
+        if torch.cuda.is_available() and pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self.wait += time.perf_counter() - self.last_end
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.images += batch[0].shape[0]
+        self.last_end = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        seconds = max(self.last_end - self.start, 1e-9)
+        if pl_module.device.type == "cuda":
+            peak_mb = torch.cuda.max_memory_allocated(pl_module.device) / 2**20
+        else:
+            peak_mb = psutil.Process().memory_info().rss / 2**20
+        pl_module.log_dict(
+            {
+                "health/images_per_s": self.images * trainer.world_size / seconds,
+                "health/data_wait_s": self.wait,
+                "health/data_wait_fraction": self.wait / seconds,
+                "health/peak_memory_mb": peak_mb,
+            },
+            on_epoch=True,
+            sync_dist=False,
+            rank_zero_only=True,
+        )
+
+
+class BadFileReport(L.Callback):
+    """Counts unreadable training images (replaced by the dataset), across workers and ranks.
+
+    The dataset marks each replaced file in the batch (``batch[3]``, -1 when none); here they are
+    gathered from every rank at epoch end, logged as ``data/bad_files`` and listed in
+    ``<run_dir>/bad_files.txt`` by rank 0.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / "bad_files.txt"
+        self.epoch_bad: list[int] = []
+        self.total = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.epoch_bad = []
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        bad = batch[3]
+        self.epoch_bad.extend(bad[bad >= 0].tolist())
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        gathered = [self.epoch_bad]
+        if dist.is_available() and dist.is_initialized():
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, self.epoch_bad)
+        indices = sorted({i for part in gathered for i in part})
+        self.total += len(indices)
+        pl_module.log("data/bad_files", float(len(indices)), on_epoch=True, rank_zero_only=True)
+        if indices and trainer.is_global_zero:
+            samples = trainer.datamodule.train_set.samples
+            with self.path.open("a") as handle:
+                for i in indices:
+                    handle.write(f"epoch {trainer.current_epoch}\t{samples[i].path}\n")
