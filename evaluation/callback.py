@@ -1,0 +1,125 @@
+"""Lightning callback: score every configured variant at each validation and keep the history."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pandas as pd
+import torch
+import torch.distributed as dist
+
+from evaluation.scoring import score_source
+from evaluation.suite import EvalSource
+
+log = logging.getLogger(__name__)
+
+
+def gather_concat(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate a CPU tensor over all ranks (ranks may hold different lengths)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, tensor)
+    return torch.cat(parts)
+
+
+class VariantEvaluator(L.Callback):
+    """Collects the logits of every validation dataloader (one per source), gathers them from all
+    ranks without duplicates (the loaders are unpadded shards), scores each variant with the
+    model's head and logs ``val/<variant>/<metric>``. Rank 0 appends to ``history.csv``.
+
+    Args:
+        sources: evaluation sources, in the order of the module's validation dataloaders.
+        run_dir: where ``history.csv`` is written.
+    """
+
+    def __init__(self, sources: list[EvalSource], run_dir: Path) -> None:
+        self.sources = sources
+        self.history_path = Path(run_dir) / "history.csv"
+        self.outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
+        self.results: dict[str, float] = {}
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.outputs = {i: [] for i in range(len(self.sources))}
+        self.unreadable: dict[int, set[int]] = {i: set() for i in range(len(self.sources))}
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: torch.Tensor,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        readable = batch[3] < 0  # unreadable images leave numerator and denominator
+        self.unreadable[dataloader_idx].update(batch[3][~readable].tolist())
+        self.outputs[dataloader_idx].append(
+            (outputs[readable].detach().float().cpu(), batch[1][readable].cpu(), batch[2][readable].cpu())
+        )
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        results: dict[str, float] = {}
+        for i, source in enumerate(self.sources):
+            parts = self.outputs.get(i) or [
+                (
+                    torch.empty(0, pl_module.num_classes),
+                    torch.empty(0, dtype=torch.long),
+                    torch.empty(0, dtype=torch.long),
+                )
+            ]  # a rank whose shard is empty still joins the gather
+            logits, target, index = (gather_concat(torch.cat(column)) for column in zip(*parts, strict=True))
+            if len(index) == 0:
+                continue
+            order = index.argsort()
+            results.update(score_source(source, logits[order], target[order], index[order], pl_module.head))
+            self.report_unreadable(trainer, source, self.unreadable[i])
+        self.outputs = {}
+        self.results = results
+        pl_module.log_dict({k: v for k, v in results.items() if math.isfinite(v)}, sync_dist=False)
+        if trainer.is_global_zero:
+            self.append_history(trainer, results)
+
+    def report_unreadable(self, trainer: L.Trainer, source: EvalSource, indices: set[int]) -> None:
+        """Rank 0 lists the unreadable images of a source (gathered from all ranks) in the run dir."""
+        parts: list[Any] = [indices]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, indices)
+        found = sorted(set().union(*parts))
+        if found and trainer.is_global_zero:
+            log.warning("%d unreadable images in %s excluded from its scores", len(found), source.key)
+            with (self.history_path.parent / "unreadable_eval_files.txt").open("a") as handle:
+                handle.writelines(f"{source.key}\t{source.dataset.samples[i].path}\n" for i in found)
+
+    def append_history(self, trainer: L.Trainer, results: dict[str, float]) -> None:
+        """One row per variant with its metrics, tagged with epoch, step and phase."""
+        phase = "final" if trainer.state.fn == "validate" else "epoch"
+        rows: dict[str, dict[str, Any]] = {}
+        for key, value in results.items():
+            _, variant, metric = key.split("/", 2)
+            row = rows.setdefault(
+                variant,
+                {
+                    "epoch": trainer.current_epoch,
+                    "step": trainer.global_step,
+                    "phase": phase,
+                    "variant": variant,
+                },
+            )
+            row[metric] = value
+        frame = pd.DataFrame(list(rows.values()))
+        if self.history_path.exists():  # a resumed run re-scores an epoch: keep the newest rows
+            old = pd.read_csv(self.history_path)
+            keys = ["epoch", "phase", "variant"]
+            old = old[~old.set_index(keys).index.isin(frame.set_index(keys).index)]
+            frame = pd.concat([old, frame], ignore_index=True)
+        tmp = self.history_path.with_suffix(".csv.tmp")
+        frame.to_csv(tmp, index=False)
+        tmp.replace(self.history_path)
