@@ -1,0 +1,61 @@
+"""``python -m train [overrides]``: train and evaluate one configuration (Hydra command line)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+import conf
+from train.config import register_configs
+from train.run_dir import OutputDirError, check_writable, resume_overrides
+
+CONFIG_DIR = str(Path(conf.__file__).parent)
+EXPECTED_ERRORS = (ValueError, OSError, RuntimeError)
+
+log = logging.getLogger("train")
+
+
+def prepare_argv(args: list[str]) -> list[str]:
+    """Expand ``resume=<run dir>`` into that run's overrides and check the output folder early.
+
+    Hydra creates the run directory before the program starts (with a traceback on failure), so
+    writability is checked here first.
+    """
+    resume = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
+    if resume:
+        args = resume_overrides(Path(resume), [a for a in args if not a.startswith("resume=")])
+    if "-m" not in args and "--multirun" not in args:
+        chosen = [a.split("=", 1)[1] for a in args if a.startswith(("hydra.run.dir=", "paths.output_dir="))]
+        check_writable(Path(chosen[-1].split("${")[0] or ".") if chosen else Path("outputs"))
+    return args
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def hydra_main(cfg: DictConfig) -> float | None:
+    from train.program import run
+
+    try:
+        results = run(cfg)
+    except EXPECTED_ERRORS as err:
+        log.error("%s: %s", type(err).__name__, err)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return results.get("val/imagenet/top1")
+
+
+def main() -> None:
+    register_configs()
+    try:
+        sys.argv = [sys.argv[0], *prepare_argv(sys.argv[1:])]
+    except (OutputDirError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""The training program: config -> parts -> fit -> final evaluation of every variant -> summary."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from evaluation.callback import VariantEvaluator
+from evaluation.suite import build_sources
+from train.callbacks import AtomicCheckpointIO, BadFileReport, HealthMonitor, RandomStateCheckpoint
+from train.config import Config
+from train.data.benchmark import benchmark_hash, default_cache_dir
+from train.data.datamodule import ImageNetDataModule
+from train.data.transforms import eval_transform
+from train.heads import create_head
+from train.loggers import create_logger
+from train.module import ClassifierModule
+from train.run_dir import run_id, write_config, write_json, write_provenance
+from train.summary import format_table
+from train.validate import check_trainer_args, resolve_precision
+
+log = logging.getLogger("train")
+
+
+class PhaseTimer:
+    """Logs and records the wall time of each phase of a run."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Phase:
+            def __enter__(self):
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.seconds[name] = round(time.perf_counter() - self.start, 2)
+                log.info("phase %-16s %8.1f s", name, timer.seconds[name])
+
+        return _Phase()
+
+
+def group_name(cfg: Config) -> str:
+    """``logger.group``, else the sweep folder's name in multirun, else the experiment name."""
+    if cfg.logger.group:
+        return cfg.logger.group
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return Path(hydra_cfg.sweep.dir).name
+    return cfg.experiment
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train and evaluate as configured; returns the final metrics (also in ``metrics.json``)."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    log.info("run directory: %s", run_dir)
+    phases = PhaseTimer()
+    conf: Config = OmegaConf.to_object(cfg)  # typed, validated copy
+    trainer_args = dict(conf.trainer)
+    check_trainer_args(trainer_args)
+    head = create_head(**vars(conf.head))
+    L.seed_everything(conf.seed, workers=True)
+
+    cache_dir = Path(conf.paths.cache_dir) if conf.paths.cache_dir else default_cache_dir()
+    with phases("data"):
+        data = ImageNetDataModule(conf.data, cache_dir=cache_dir, seed=conf.seed)
+        data.check_layout()
+        data.eval_sources = build_sources(
+            conf.eval.variants,
+            data.root,
+            data.classes,
+            eval_transform(conf.data),
+            conf.data.name,
+            real_labels=conf.data.real_labels,
+            strict=conf.eval.strict,
+        )
+        data.max_eval_images = conf.eval.max_images
+    data_hash = benchmark_hash(data.root) if conf.data.name == "benchmark" else None
+
+    module = ClassifierModule(conf.model, head, conf.optim, conf.mixup, num_classes=data.num_classes)
+    write_config(run_dir, cfg)
+    wandb_id = run_id(run_dir)
+    provenance = write_provenance(
+        run_dir,
+        {
+            "benchmark_sha256": data_hash,
+            "data_root": str(data.root),
+            "experiment": conf.experiment,
+            "wandb_run_id": wandb_id,
+        },
+    )
+    tags = [
+        f"head:{conf.head.name}",
+        f"augment:{augment_name(cfg)}",
+        f"model:{conf.model.name}",
+        f"data:{conf.data.name}",
+        f"seed:{conf.seed}",
+        conf.experiment,
+    ]
+    flat_config = {
+        **flatten(OmegaConf.to_container(cfg, resolve=True)),
+        "head": conf.head.name,
+        "augment": augment_name(cfg),
+        "benchmark_sha256": data_hash,
+        "git_commit": provenance["git_commit"],
+    }
+    logger = create_logger(
+        conf.logger, run_dir, conf.experiment, group_name(conf), tags, flat_config, wandb_id
+    )
+
+    evaluator = VariantEvaluator(data.eval_sources, run_dir)
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1
+    )
+    callbacks: list[L.Callback] = [
+        checkpoints,
+        RandomStateCheckpoint(),
+        HealthMonitor(),
+        BadFileReport(run_dir),
+        evaluator,
+    ]
+    if logger is not None:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    trainer_args["precision"] = resolve_precision(trainer_args, torch.cuda.is_available())
+    trainer = L.Trainer(
+        **trainer_args,
+        callbacks=callbacks,
+        logger=logger if logger is not None else False,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run_dir),
+        check_val_every_n_epoch=conf.eval.every_n_epochs,
+        use_distributed_sampler=False,
+    )
+    resume_from = run_dir / "checkpoints" / "last.ckpt" if conf.resume else None
+    with phases("train"):
+        trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
+    with phases("final_eval"):
+        trainer.validate(module, datamodule=data, verbose=False)
+    results = {**evaluator.results, "experiment": conf.experiment}
+    if trainer.is_global_zero:
+        write_json(run_dir / "metrics.json", results)
+        write_json(run_dir / "phases.json", phases.seconds)
+        table = format_table(evaluator.results)
+        (run_dir / "results.txt").write_text(table + "\n")
+        print(table)
+        print(f"run directory: {run_dir}")
+    if logger is not None and hasattr(logger, "experiment") and conf.logger.name == "wandb":
+        logger.experiment.finish()
+    return results
+
+
+def augment_name(cfg: DictConfig) -> str:
+    """Short name of the configured augmentation (``none`` when off)."""
+    target = cfg.augment.get("_target_") if cfg.augment else None
+    return target.rsplit(".", 1)[-1].lower() if target else "none"
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> one level with dotted keys (W&B groups runs by these)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat

@@ -1,0 +1,131 @@
+"""The run directory: what a run leaves behind and how a killed run is found again."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import uuid
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "lightning",
+    "timm",
+    "hydra-core",
+    "omegaconf",
+    "wandb",
+    "kornia",
+    "torchmetrics",
+    "numpy",
+    "sigmoid-robustness",
+)
+
+
+class OutputDirError(OSError):
+    """The run directory cannot be created or written."""
+
+
+def check_writable(path: Path) -> None:
+    """Fail early (one line) when ``path`` or its nearest existing ancestor is not writable."""
+    probe = Path(path).absolute()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputDirError(
+            f"output directory {path} cannot be created: {probe} is not a writable folder; "
+            f"choose another with hydra.run.dir=<dir> (or paths.output_dir=<dir>)"
+        )
+
+
+def git_commit(source: Path) -> str | None:
+    """The commit of the checkout holding ``source`` (with ``-dirty`` when modified), if any."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def package_versions() -> dict[str, str]:
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write JSON atomically (temporary file + rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def write_provenance(run_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
+    """``provenance.json``: code commit, package versions, host, command line, plus ``extra``."""
+    provenance = {
+        "git_commit": git_commit(Path(__file__).parent),
+        "packages": package_versions(),
+        "python": platform.python_version(),
+        "host": socket.gethostname(),
+        "command": " ".join([Path(sys.executable).name, "-m", "train", *sys.argv[1:]]),
+        **extra,
+    }
+    write_json(run_dir / "provenance.json", provenance)
+    return provenance
+
+
+def write_config(run_dir: Path, cfg: DictConfig) -> None:
+    """The fully resolved config as ``config.yaml``."""
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def run_id(run_dir: Path) -> str:
+    """The W&B run id of this run directory, created once and reused by resumed runs."""
+    path = run_dir / "wandb_run_id.txt"
+    if path.exists():
+        return path.read_text().strip()
+    new_id = uuid.uuid4().hex[:12]
+    path.write_text(new_id + "\n")
+    return new_id
+
+
+def resume_overrides(run_dir: Path, extra: list[str]) -> list[str]:
+    """Command-line overrides that continue the run in ``run_dir``: its own overrides, then ``extra``."""
+    saved = run_dir / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        raise FileNotFoundError(
+            f"resume={run_dir}: {saved} not found; give the run directory of a `python -m train` run"
+        )
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    if not checkpoint.is_file():
+        raise FileNotFoundError(
+            f"resume={run_dir}: {checkpoint} not found; the run ended before its first checkpoint"
+        )
+    skip = ("resume=", "hydra.run.dir=", "paths.output_dir=")
+    original = [o for o in OmegaConf.load(saved) if not str(o).startswith(skip)]
+    return [*original, *extra, f"hydra.run.dir={run_dir}", f"resume={run_dir}"]
