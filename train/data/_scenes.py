@@ -50,7 +50,7 @@ class Domain:
     pref_prob: float = 0.6
     decoys: tuple[int, ...] = ()
     decoy_prob: float = 0.0
-    radius: tuple[float, float] = (0.22, 0.42)
+    radius: tuple[float, float] = (0.25, 0.45)
     hue_jitter: float = 0.03
     value_shift: float = 0.0
     second_prob: float = 0.12
@@ -79,7 +79,7 @@ def _place(rng: np.random.Generator, size: int, radius: float) -> tuple[float, f
 
 
 def _pose(rng: np.random.Generator) -> dict[str, float]:
-    return {"angle": float(rng.uniform(-40.0, 40.0)), "stretch": float(rng.uniform(0.85, 1.15))}
+    return {"angle": float(rng.uniform(-30.0, 30.0)), "stretch": float(rng.uniform(0.85, 1.15))}
 
 
 def _draw_object(
@@ -201,7 +201,7 @@ def sketch(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
     """A line drawing: dark outline of the silhouette (sometimes traced twice) on near-white paper."""
     paper = np.full((size, size, 3), rng.uniform(0.9, 1.0), np.float32)
     ink = hsv(0.0, 0.0, rng.uniform(0.0, 0.3))
-    r = rng.uniform(0.25, 0.42) * size
+    r = rng.uniform(0.25, 0.45) * size
     center, pose = _place(rng, size, r), _pose(rng)
     width = int(rng.integers(1, 3))
     image = composite(paper, ink, outline(shape_mask(CLASS_SHAPES[label], size, center, r, **pose), width))

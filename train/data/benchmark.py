@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import logging
 import multiprocessing
@@ -74,9 +75,9 @@ CORRUPTIONS: tuple[str, ...] = (
 _V2 = "imagenetv2-{}-format-val"
 _TRAIN = Domain()
 _V2_DOMAINS = {  # mild shifts: smaller/more varied objects, brighter colours, weaker or stronger shortcut
-    _V2.format("matched-frequency"): replace(_TRAIN, radius=(0.18, 0.36), hue_jitter=0.06, pref_prob=0.5),
-    _V2.format("threshold0.7"): replace(_TRAIN, radius=(0.24, 0.44), value_shift=0.1, pref_prob=0.55),
-    _V2.format("top-images"): replace(_TRAIN, radius=(0.26, 0.44), hue_jitter=0.02, pref_prob=0.65),
+    _V2.format("matched-frequency"): replace(_TRAIN, radius=(0.2, 0.4), hue_jitter=0.06, pref_prob=0.5),
+    _V2.format("threshold0.7"): replace(_TRAIN, radius=(0.27, 0.46), value_shift=0.1, pref_prob=0.55),
+    _V2.format("top-images"): replace(_TRAIN, radius=(0.28, 0.46), hue_jitter=0.02, pref_prob=0.65),
 }
 _COUNTS = {  # images per class at scale 1 (ImageNet-O: per folder; ImageNet-C: val images per class)
     "train": 400,
@@ -177,7 +178,7 @@ def _split_jobs(plan: _Plan, split: str) -> list[_Job]:
         ]
     if split == "imagenet-a":
         hard = replace(
-            _TRAIN, radius=(0.14, 0.26), decoys=tuple(subsets["a"]), decoy_prob=0.7, pref_prob=0.1, clutter=6
+            _TRAIN, radius=(0.15, 0.28), decoys=tuple(subsets["a"]), decoy_prob=0.7, pref_prob=0.1, clutter=4
         )
         return [_Job(f"{split}/{WNIDS[c]}/a_{i}.jpg", split, i, c, hard) for i, c in enumerate(labels)]
     if split == "imagenet-o":
@@ -211,7 +212,7 @@ def _render(root: str, seed: int, size: int, job: _Job) -> list[int]:
 
 def _corrupt(root: str, seed: int, source: str) -> None:
     """Write the 15 x 5 ImageNet-C versions of val image ``source`` (JPEG quality 85)."""
-    from imagecorruptions import corrupt
+    from imagecorruptions import corrupt, corruption_dict
 
     image = np.asarray(Image.open(os.path.join(root, source)).convert("RGB"))
     wnid, name = source.split("/")[1:]
@@ -220,8 +221,10 @@ def _corrupt(root: str, seed: int, source: str) -> None:
             state = int(
                 np.random.SeedSequence([seed, _crc(corruption), severity, _crc(name)]).generate_state(1)[0]
             )
-            np.random.seed(state)  # the package draws from the global numpy RNG
-            kwargs = {"seed": state} if corruption == "glass_blur" else {}
+            np.random.seed(state)  # most corruptions draw from the global numpy RNG, a few take a seed
+            kwargs = (
+                {"seed": state} if "seed" in inspect.signature(corruption_dict[corruption]).parameters else {}
+            )
             out = corrupt(image, severity=severity, corruption_name=corruption, **kwargs)
             path = os.path.join(root, "imagenet-c", corruption, str(severity), wnid, name)
             os.makedirs(os.path.dirname(path), exist_ok=True)
