@@ -29,24 +29,38 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
 
+def numpy_state_to_plain(state: tuple) -> tuple:
+    """numpy's legacy RNG state with its key array as a tensor (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, gauss = state
+    return name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)
+
+
 class RandomStateCheckpoint(L.Callback):
     """Saves every random state in checkpoints and restores it when training resumes.
 
     Python, numpy, torch (CPU and CUDA) generators and the augmentation generator are captured at
-    checkpoint time. They are re-applied in ``on_train_start``, after the resumed run's sanity
-    check, so the resumed run draws the same numbers as an uninterrupted one.
+    checkpoint time (epoch end, after validation). They are re-applied as soon as Lightning
+    restores callback states, before it creates the first training iterator (whose shuffling and
+    worker seeds come from the torch generator), so the resumed run draws the same numbers as an
+    uninterrupted one. A sanity-check validation (``trainer.num_sanity_val_steps > 0``) draws
+    worker seeds in between and breaks bit-exactness; it is off by default.
     """
-
-    def __init__(self) -> None:
-        self.pending: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "numpy": numpy_state_to_plain(np.random.get_state()),
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        random.setstate(state_dict["python"])
+        name, keys, pos, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+        torch.set_rng_state(state_dict["torch"])
+        if state_dict["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         augment = getattr(pl_module, "augment", None)
@@ -57,19 +71,6 @@ class RandomStateCheckpoint(L.Callback):
         augment = getattr(pl_module, "augment", None)
         if augment is not None and "augment_rng_state" in checkpoint:
             augment.set_rng_state(checkpoint["augment_rng_state"])
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.pending = state_dict
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.pending is None:
-            return
-        random.setstate(self.pending["python"])
-        np.random.set_state(self.pending["numpy"])
-        torch.set_rng_state(self.pending["torch"])
-        if self.pending["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(self.pending["cuda"])
-        self.pending = None
 
 
 class HealthMonitor(L.Callback):

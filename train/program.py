@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,11 @@ def group_name(cfg: Config) -> str:
     return cfg.experiment
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train and evaluate as configured; returns the final metrics (also in ``metrics.json``)."""
+def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
+    """Train and evaluate as configured; returns the final metrics (also in ``metrics.json``).
+
+    ``extra_callbacks`` are added to the program's own (for embedding the program in other tools).
+    """
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     log.info("run directory: %s", run_dir)
     phases = PhaseTimer()
@@ -120,8 +124,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
 
     evaluator = VariantEvaluator(data.eval_sources, run_dir)
-    checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1
+    checkpoints = ModelCheckpoint(  # checkpoints/last.ckpt, replaced atomically after every epoch
+        dirpath=run_dir / "checkpoints",
+        filename="last",
+        save_top_k=1,
+        every_n_epochs=1,
+        enable_version_counter=False,
     )
     callbacks: list[L.Callback] = [
         checkpoints,
@@ -129,6 +137,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         HealthMonitor(),
         BadFileReport(run_dir),
         evaluator,
+        *extra_callbacks,
     ]
     if logger is not None:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))

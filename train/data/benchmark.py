@@ -125,7 +125,7 @@ class _Plan:
         return max(1, round(_COUNTS[split] * self.scale))
 
     def subsets(self) -> dict[str, list[int]]:
-        """The 10-class subsets of ImageNet-R, -A and -O (R and A overlap by half, O as in R's complement)."""
+        """The 10-class subsets of ImageNet-R, -A and -O (R and A overlap by half; O is R's complement)."""
         perm = np.random.default_rng([self.seed, _crc("subsets")]).permutation(NUM_CLASSES)
         half = _SUBSET_SIZE // 2
         return {
@@ -145,7 +145,7 @@ def _split_jobs(plan: _Plan, split: str) -> list[_Job]:
     if split == "train":
         return [
             _Job(f"train/{WNIDS[i // n]}/{WNIDS[i // n]}_{i % n}.JPEG", split, i, i // n)
-            for i in range(20 * n)
+            for i in range(NUM_CLASSES * n)
         ]
     if split == "val":
         return [
@@ -169,7 +169,7 @@ def _split_jobs(plan: _Plan, split: str) -> list[_Job]:
             _Job(f"sketch/{WNIDS[i // n]}/sketch_{i % n}.JPEG", split, i, i // n, style="sketch")
             for i in range(NUM_CLASSES * n)
         ]
-    labels = [c for c in subsets[split[-1]] for _ in range(n)]
+    labels = [c for c in subsets[split.removeprefix("imagenet-")] for _ in range(n)]
     if split == "imagenet-r":
         styles = [RENDITIONS[i % len(RENDITIONS)] for i in range(len(labels))]
         return [
@@ -217,14 +217,13 @@ def _corrupt(root: str, seed: int, source: str) -> None:
     image = np.asarray(Image.open(os.path.join(root, source)).convert("RGB"))
     wnid, name = source.split("/")[1:]
     for corruption in CORRUPTIONS:
+        takes_seed = "seed" in inspect.signature(corruption_dict[corruption]).parameters
         for severity in range(1, 6):
             state = int(
                 np.random.SeedSequence([seed, _crc(corruption), severity, _crc(name)]).generate_state(1)[0]
             )
             np.random.seed(state)  # most corruptions draw from the global numpy RNG, a few take a seed
-            kwargs = (
-                {"seed": state} if "seed" in inspect.signature(corruption_dict[corruption]).parameters else {}
-            )
+            kwargs = {"seed": state} if takes_seed else {}
             out = corrupt(image, severity=severity, corruption_name=corruption, **kwargs)
             path = os.path.join(root, "imagenet-c", corruption, str(severity), wnid, name)
             os.makedirs(os.path.dirname(path), exist_ok=True)

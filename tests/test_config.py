@@ -1,0 +1,102 @@
+"""Bad configuration fails before any work with a message that names the key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import TINY, run_train
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from train.__main__ import CONFIG_DIR
+from train.config import Config, register_configs
+from train.validate import check_trainer_args, resolve_precision
+
+
+def compose_config(overrides: list[str]):
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        return compose("config", overrides=overrides)
+
+
+def test_experiments_compose_to_the_schema():
+    for name, head in (("softmax_baseline", "softmax"), ("sigmoid_baseline", "sigmoid")):
+        cfg = compose_config([f"experiment={name}", "trainer.max_epochs=1", "trainer.limit_train_batches=2"])
+        conf = OmegaConf.to_object(cfg)
+        assert isinstance(conf, Config)
+        assert conf.experiment == name and conf.head.name == head
+        assert conf.trainer["max_epochs"] == 1 and conf.trainer["limit_train_batches"] == 2
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config(["data.bogus=1"])
+    assert "Key 'bogus' not in 'DataConfig'" in str(err.value.__cause__) or "data.bogus" in str(err.value)
+
+
+def test_ill_typed_value_is_named():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_config(["data.batch_size=many"])
+    cause = str(err.value.__cause__)
+    assert "data.batch_size" in cause and "could not be converted to Integer" in cause
+
+
+def test_trainer_keys_are_checked_against_lightning():
+    check_trainer_args({"max_epochs": 1, "limit_train_batches": 2, "strategy": "ddp"})
+    with pytest.raises(ValueError, match="trainer.max_epoch is not a lightning.Trainer argument"):
+        check_trainer_args({"max_epoch": 1})
+    with pytest.raises(ValueError, match="trainer.callbacks is set by the training program"):
+        check_trainer_args({"callbacks": []})
+    assert resolve_precision({"precision": None}, has_cuda=False) == "32-true"
+    assert resolve_precision({"precision": None}, has_cuda=True) == "bf16-mixed"
+    assert resolve_precision({"precision": None, "accelerator": "cpu"}, has_cuda=True) == "32-true"
+
+
+def test_cli_errors_are_one_line_and_early(tmp_path: Path, bench_root: Path, cache_dir: Path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = run_train([f"hydra.run.dir={blocker}/run"], tmp_path, cache_dir, check=False)
+    assert proc.returncode == 2
+    assert (
+        f"error: output directory {blocker}/run cannot be created: {blocker} is not a writable folder"
+        in proc.stderr
+    )
+    assert "Traceback" not in proc.stderr
+
+    proc = run_train(
+        [
+            "data=imagenet",
+            f"data.root={tmp_path / 'no_imagenet'}",
+            "logger=none",
+            f"hydra.run.dir={tmp_path / 'r1'}",
+        ],
+        tmp_path,
+        cache_dir,
+        check=False,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (
+        f"error: data.root={tmp_path / 'no_imagenet'} does not exist; expected <root>/train/<wnid>/"
+        in proc.stderr
+    )
+
+    proc = run_train(
+        [
+            *TINY,
+            f"data.root={bench_root}",
+            "model.num_classes=10",
+            "logger=none",
+            f"hydra.run.dir={tmp_path / 'r2'}",
+        ],
+        tmp_path,
+        cache_dir,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "error: model.num_classes=10 but the data has 20 classes" in proc.stderr
+
+    proc = run_train(["data.bogus=1", f"hydra.run.dir={tmp_path / 'r3'}"], tmp_path, cache_dir, check=False)
+    assert proc.returncode != 0 and "Key 'bogus' not in 'DataConfig'" in proc.stderr
+    assert not (tmp_path / "r3").exists()  # nothing started

@@ -1,0 +1,118 @@
+"""A run killed with SIGKILL and resumed ends bit-equal to an uninterrupted run; NaN loss stops cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from conftest import TINY, cli_env, run_train
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from train.__main__ import CONFIG_DIR
+from train.config import register_configs
+from train.module import NonFiniteLossError
+from train.program import run
+
+RESUME_ARGS = [
+    *TINY,
+    "trainer.max_epochs=3",
+    "trainer.limit_train_batches=8",
+    "data.num_workers=1",
+    "optim.warmup_epochs=0.5",
+    "mixup.mixup_alpha=0.2",
+    "model.drop_rate=0.2",
+]
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)[
+        "state_dict"
+    ]
+
+
+def test_sigkill_and_resume_is_bit_equal(tmp_path: Path, bench_root: Path, cache_dir: Path):
+    common = [*RESUME_ARGS, f"data.root={bench_root}", "seed=7"]
+    straight = tmp_path / "straight"
+    run_train([*common, "logger=csv", f"hydra.run.dir={straight}"], tmp_path, cache_dir)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train", *common, f"hydra.run.dir={killed}"],
+        cwd=tmp_path,
+        env=cli_env(cache_dir),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    checkpoint = killed / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)  # during epoch 2: the epoch-1 checkpoint is on disk
+    proc.wait()
+    assert torch.load(checkpoint, map_location="cpu", weights_only=False)["global_step"] == 8
+    assert not (killed / "metrics.json").exists()
+
+    run_train([f"resume={killed}"], tmp_path, cache_dir)
+    a, b = final_weights(straight), final_weights(killed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    assert torch.load(killed / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 24
+    offline_runs = list((killed / "wandb").glob("offline-run-*"))
+    run_id = (killed / "wandb_run_id.txt").read_text().strip()
+    assert len(offline_runs) == 2 and all(p.name.endswith(run_id) for p in offline_runs)  # same W&B run id
+
+
+def test_resume_of_a_folder_without_a_run_is_a_clear_error(tmp_path: Path, cache_dir: Path):
+    proc = run_train([f"resume={tmp_path}"], tmp_path, cache_dir, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"resume={tmp_path}: {tmp_path}/.hydra/overrides.yaml not found" in proc.stderr
+
+
+class DivergeAfterFirstEpoch(L.Callback):
+    """Fault injection: the weights blow up to inf after epoch 1, as with a far too large step."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch == 1:
+            with torch.no_grad():
+                pl_module.classifier.get_classifier().weight.fill_(float("inf"))
+
+
+def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path: Path, bench_root: Path):
+    register_configs()
+    run_dir = tmp_path / "run"
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        cfg = compose(
+            "config",
+            overrides=[
+                *TINY,
+                "trainer.max_epochs=2",
+                f"data.root={bench_root}",
+                "logger=none",
+                f"hydra.run.dir={run_dir}",
+            ],
+            return_hydra_config=True,
+        )
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(run_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    run_dir.mkdir()
+    with open_dict(cfg):
+        del cfg.hydra
+    with pytest.raises(
+        NonFiniteLossError, match=r"training loss is (nan|inf) at epoch 1, step 3; lower optim.lr"
+    ):
+        run(cfg, extra_callbacks=[DivergeAfterFirstEpoch()])
+    good = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert good["global_step"] == 3
+    assert all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())

@@ -1,0 +1,111 @@
+"""Real (tiny) trainings through the real command line: outputs, W&B offline, bad files, NaN stop."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import TINY, cli_env, run_train
+from PIL import Image
+
+from train.data.benchmark import benchmark_hash
+
+VARIANTS = ("imagenet", "imagenet-real")
+
+
+def leet_summary(run_dir: Path, cache_dir: Path) -> dict:
+    """The offline W&B run's summary, read back with W&B's own local reader."""
+    wandb_cli = Path(sys.executable).parent / "wandb"
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert runs, f"no offline W&B run under {run_dir / 'wandb'}"
+    proc = subprocess.run(
+        [str(wandb_cli), "leet", "inspect", "--summary", "--json", str(runs[-1])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=cli_env(cache_dir),
+        check=True,
+    )
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("experiment", ["softmax_baseline", "sigmoid_baseline"])
+def test_training_run_writes_every_output(tmp_path: Path, bench_root: Path, cache_dir: Path, experiment: str):
+    run_dir = tmp_path / "run"
+    proc = run_train(
+        [f"experiment={experiment}", *TINY, f"data.root={bench_root}", f"hydra.run.dir={run_dir}"],
+        tmp_path,
+        cache_dir,
+    )
+    log = proc.stdout + proc.stderr
+    assert f"run directory: {run_dir}" in log
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["experiment"] == experiment
+    for variant in VARIANTS:
+        for metric in ("top1", "top5"):
+            assert 0.0 <= metrics[f"val/{variant}/{metric}"] <= 100.0
+    val_files = sorted((bench_root / "val").rglob("*.JPEG"))
+    real = json.loads((bench_root / "real.json").read_text())
+    assert metrics["val/imagenet/n"] == len(val_files)
+    assert metrics["val/imagenet-real/n"] == sum(1 for labels in real if labels)  # empty ReaL sets left out
+
+    history = pd.read_csv(run_dir / "history.csv")
+    assert set(history.variant) == set(VARIANTS) and set(history.phase) == {"epoch", "final"}
+    final = history[(history.phase == "final") & (history.variant == "imagenet")].iloc[0]
+    assert final.top1 == pytest.approx(metrics["val/imagenet/top1"])
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["experiment"] == experiment and config["head"]["name"] == experiment.split("_")[0]
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert provenance["benchmark_sha256"] == benchmark_hash(bench_root)
+    assert {"torch", "lightning", "timm"} <= set(provenance["packages"])
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 3 and "RandomStateCheckpoint" in str(ckpt["callbacks"])
+    assert "imagenet-real" in (run_dir / "results.txt").read_text()
+
+    # W&B: no API key, no network -> offline run in the run dir, same id, group = experiment, tags
+    summary = leet_summary(run_dir, cache_dir)
+    text = json.dumps(summary)
+    run_id = (run_dir / "wandb_run_id.txt").read_text().strip()
+    assert run_id in text and experiment in text and f"head:{experiment.split('_')[0]}" in text
+    assert "val/imagenet/top1" in text and "health/images_per_s" in text
+
+
+def test_bad_training_images_are_replaced_counted_and_listed(
+    tmp_path: Path, bench_root: Path, cache_dir: Path
+):
+    root = tmp_path / "bench_copy"
+    shutil.copytree(bench_root, root)
+    wnid = (root / "classes.txt").read_text().split()[0]
+    files = sorted((root / "train" / wnid).glob("*.JPEG"))
+    files[0].write_bytes(files[0].read_bytes()[:200])  # truncated JPEG
+    files[1].write_text("this is not an image")
+    (root / "train" / wnid / "zz_notes.txt").write_text("stray non-image file")
+    run_dir = tmp_path / "run"
+    run_train(
+        [
+            *TINY,
+            "trainer.limit_train_batches=null",
+            f"data.root={root}",
+            "logger=csv",
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+        cache_dir,
+    )
+    listed = (run_dir / "bad_files.txt").read_text().splitlines()
+    bad = {str(files[0]), str(files[1]), str(root / "train" / wnid / "zz_notes.txt")}
+    dropped = len(list((root / "train").rglob("*"))) % 16  # drop_last may skip a few indices
+    assert {line.split("\t")[1] for line in listed} <= bad and len(listed) >= 3 - dropped
+    logged = pd.read_csv(run_dir / "csv" / "metrics.csv")
+    assert logged["data/bad_files"].dropna().iloc[-1] == len(listed)
+    with Image.open(files[2]) as image:  # the good files are untouched
+        image.load()
