@@ -122,6 +122,6 @@ def test_benchmark_datamodule_reads_generated_layout(bench_root, tmp_path):
     data.check_layout()
     data.setup("fit")
     assert data.classes == (bench_root / "classes.txt").read_text().split() and data.num_classes == 20
-    image, target, index, bad = data.train_set[0]
+    image, _, _, bad = data.train_set[0]
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32
     assert image.min() >= 0.0 and image.max() <= 1.0 and bad == -1
