@@ -12,8 +12,9 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from evaluation.scoring import score_source
-from evaluation.suite import EvalSource
+from evaluation.metrics import CorruptionReference
+from evaluation.scoring import SourceOutput, score_suite
+from evaluation.suite import EvalSource, EvalSuite
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +34,19 @@ class VariantEvaluator(L.Callback):
     model's head and logs ``val/<variant>/<metric>``. Rank 0 appends to ``history.csv``.
 
     Args:
-        sources: evaluation sources, in the order of the module's validation dataloaders.
+        suite: evaluation sources, in the order of the module's validation dataloaders.
         run_dir: where ``history.csv`` is written.
+        c_reference: ImageNet-C normaliser (AlexNet by default; None: raw errors).
     """
 
-    def __init__(self, sources: list[EvalSource], run_dir: Path) -> None:
-        self.sources = sources
+    def __init__(self, suite: EvalSuite, run_dir: Path, c_reference: CorruptionReference | None) -> None:
+        self.suite = suite
+        self.sources = suite.sources
+        self.c_reference = c_reference
         self.history_path = Path(run_dir) / "history.csv"
         self.outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
         self.results: dict[str, float] = {}
+        self.last_outputs: dict[str, SourceOutput] = {}  # gathered logits of the last evaluation, per source
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.outputs = {i: [] for i in range(len(self.sources))}
@@ -65,7 +70,7 @@ class VariantEvaluator(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        results: dict[str, float] = {}
+        outputs: dict[str, SourceOutput] = {}
         for i, source in enumerate(self.sources):
             parts = self.outputs.get(i) or [
                 (
@@ -75,12 +80,12 @@ class VariantEvaluator(L.Callback):
                 )
             ]  # a rank whose shard is empty still joins the gather
             logits, target, index = (gather_concat(torch.cat(column)) for column in zip(*parts, strict=True))
-            if len(index) == 0:
-                continue
             order = index.argsort()
-            results.update(score_source(source, logits[order], target[order], index[order], pl_module.head))
+            outputs[source.key] = SourceOutput(logits[order], target[order], index[order])
             self.report_unreadable(trainer, source, self.unreadable[i])
+        results = score_suite(self.suite, outputs, pl_module.head.probs, self.c_reference)
         self.outputs = {}
+        self.last_outputs = outputs
         self.results = results
         pl_module.log_dict({k: v for k, v in results.items() if math.isfinite(v)}, sync_dist=False)
         if trainer.is_global_zero:

@@ -64,6 +64,9 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("fp", "fraction", "min", "flip probability"),
         MetricSpec("t5d", "ranks", "min", "top-5 distance"),
         MetricSpec("n", "count", None, "number of scored images"),
+        MetricSpec("n_in", "count", None, "number of in-distribution images (OOD detection)"),
+        MetricSpec("clean_top1", "%", "max", "top-1 on val images of the same class subset (ImageNet-200)"),
+        MetricSpec("gap", "%", "min", "clean_top1 minus the variant's top-1"),
     )
 }
 

@@ -1,23 +1,43 @@
-"""Turn one source's gathered logits into every metric of the variants scored on it."""
+"""Turn the gathered logits of every source into the metrics of every variant.
+
+All probabilities and confidences come from the model's head, so softmax and sigmoid models are
+scored by the same code. Keys are ``val/<variant>/<metric>``; qualifiers (corruption, family,
+OOD score) go between, e.g. ``val/imagenet-c/fog/ce``, ``val/imagenet-o/energy/auroc``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from evaluation import metrics as M
-from evaluation.suite import EvalSource
-from evaluation.variants import Variant
+from evaluation.suite import C_NAMES, VAL, EvalSource, EvalSuite
+from evaluation.variants import MINIVAL, Variant
+
+log = logging.getLogger(__name__)
 
 Scores = dict[str, float]
+ProbsFn = Callable[[Tensor], Tensor]
 
 
-def classification_scores(logits: Tensor, target: Tensor, probs: Tensor, confidence: Tensor) -> Scores:
-    """Top-1/5 (%), NLL, ECE, RMS calibration error, Brier and n for single-label images."""
+@dataclass
+class SourceOutput:
+    """Gathered predictions of one source, sorted by dataset index (unreadable images left out)."""
+
+    logits: Tensor  # [N, K] float32
+    target: Tensor  # [N] int64, class index (subset position for subset folders)
+    index: Tensor  # [N] int64, row of the source's dataset and extras
+
+
+def classification_scores(logits: Tensor, target: Tensor, probs: Tensor) -> Scores:
+    """Top-1/5 (%), NLL, ECE, RMS calibration error, Brier, AURRA and n for single-label images."""
     k = min(5, logits.shape[1])
     correct = M.topk_correct(logits, target, ks=(1, k))
+    confidence = probs.amax(dim=1)
     return {
         "top1": M.accuracy(correct[1]),
         "top5": M.accuracy(correct[k]),
@@ -25,41 +45,145 @@ def classification_scores(logits: Tensor, target: Tensor, probs: Tensor, confide
         "ece": M.expected_calibration_error(confidence, correct[1]),
         "rms_calib": M.rms_calibration_error(confidence, correct[1]),
         "brier": M.brier_score(probs, target),
+        "aurra": M.aurra(confidence, correct[1]),
         "n": float(len(target)),
     }
 
 
-def real_scores(logits: Tensor, real_labels: Tensor) -> Scores:
-    """ReaL top-1/5 (%) over images with at least one label, and n (images scored)."""
+def real_scores(logits: Tensor, real_labels: Tensor, probs: Tensor, threshold: float | None) -> Scores:
+    """ReaL top-1/5 over labelled images; label-set precision/recall/F1 at ``threshold`` and mAP."""
     k = min(5, logits.shape[1])
     correct, scored = M.real_topk_correct(logits, real_labels, ks=(1, k))
-    return {
+    scores = {
         "top1": M.accuracy(correct[1], scored),
         "top5": M.accuracy(correct[k], scored),
         "n": float(scored.sum()),
     }
+    multi_hot = M.real_multi_hot(real_labels, logits.shape[1])
+    scores["map"] = M.mean_average_precision(probs, multi_hot)
+    if threshold is not None:
+        scores.update(M.label_set_scores(probs, multi_hot, threshold))
+        scores["threshold"] = threshold
+    return scores
 
 
-def score_variant(
-    variant: Variant,
-    logits: Tensor,
-    target: Tensor,
-    index: Tensor,
-    extras: dict[str, Tensor],
-    probs_fn: Callable[[Tensor], Tensor],
+def label_set_threshold(minival: SourceOutput | None, probs_fn: ProbsFn) -> float | None:
+    """The label-set threshold that maximises F1 on minival (never on the set it scores)."""
+    if minival is None or len(minival.target) == 0:
+        return None
+    probs = probs_fn(minival.logits)
+    one_hot = torch.zeros_like(probs, dtype=torch.bool).scatter_(1, minival.target[:, None], True)
+    return M.choose_threshold(probs, one_hot)
+
+
+def ood_scores(in_logits: Tensor, out_logits: Tensor, probs_fn: ProbsFn) -> Scores:
+    """AUROC / AUPR / FPR@95 with anomalies (O) positive, for the head's max probability (plain
+    keys) and for max-logit and energy scores (qualified keys)."""
+    scores: Scores = {"n": float(len(out_logits)), "n_in": float(len(in_logits))}
+    in_s = M.ood_scores(in_logits, probs_fn(in_logits))
+    out_s = M.ood_scores(out_logits, probs_fn(out_logits))
+    for name in in_s:
+        prefix = "" if name == "msp" else f"{name}/"
+        scores[f"{prefix}auroc"] = M.auroc(in_s[name], out_s[name])
+        scores[f"{prefix}aupr"] = M.aupr(in_s[name], out_s[name])
+        scores[f"{prefix}fpr95"] = M.fpr_at_tpr(in_s[name], out_s[name])
+    return scores
+
+
+def corruption_scores(
+    out: SourceOutput,
+    corruption: Tensor,
+    severity: Tensor,
+    clean_error: float | None,
+    reference: M.CorruptionReference | None,
 ) -> Scores:
-    """Metrics of one variant. logits [N,K], target [N], index [N] (rows of ``extras``)."""
-    if variant.labels == "real":
-        return real_scores(logits, extras["real_labels"][index])
-    probs = probs_fn(logits)
-    return classification_scores(logits, target, probs, probs.amax(dim=1))
+    """Error per corruption and severity, CE / relative CE per corruption, mCE, relative mCE and
+    per-family means (when all 15 scored corruptions are present)."""
+    wrong = out.logits.argmax(1) != out.target
+    errors: dict[str, list[float]] = {}
+    scores: Scores = {"top1": 100.0 * (1 - wrong.double().mean().item()), "n": float(len(wrong))}
+    for c in corruption.unique().tolist():
+        name = C_NAMES[c]
+        levels = sorted(severity[corruption == c].unique().tolist())
+        errors[name] = [wrong[(corruption == c) & (severity == s)].double().mean().item() for s in levels]
+        for s, e in zip(levels, errors[name], strict=True):
+            scores[f"{name}/s{s}/err"] = 100.0 * e
+        scores[f"{name}/err"] = 100.0 * sum(errors[name]) / len(errors[name])
+    usable = {c: e for c, e in errors.items() if reference is None or c in reference.errors}
+    ce = M.ce_per_corruption(usable, reference)
+    scores.update({f"{c}/ce": v for c, v in ce.items()})
+    complete = all(c in ce for c in M.IMAGENET_C_CORRUPTIONS)
+    if complete:
+        scores["mce"] = M.mce(ce)
+        scores.update({f"{family}/ce": v for family, v in M.family_means(ce).items()})
+    if clean_error is not None and (reference is None or reference.clean_error is not None):
+        rel = M.relative_ce_per_corruption(usable, clean_error, reference)
+        scores.update({f"{c}/rel_ce": v for c, v in rel.items()})
+        if complete:
+            scores["rel_mce"] = M.mce(rel)
+    return scores
 
 
-def score_source(source: EvalSource, logits: Tensor, target: Tensor, index: Tensor, head) -> Scores:
-    """``{"val/<variant>/<metric>": value}`` for every variant read from ``source``."""
+def variant_scores(
+    variant: Variant,
+    source: EvalSource,
+    outputs: Mapping[str, SourceOutput],
+    suite: EvalSuite,
+    probs_fn: ProbsFn,
+    threshold: float | None,
+    reference: M.CorruptionReference | None,
+) -> Scores:
+    """Metrics of one variant from its source's output (and val's, for O and R)."""
+    out = outputs[source.key]
+    if variant.kind == "classification":
+        return classification_scores(out.logits, out.target, probs_fn(out.logits))
+    if variant.kind == "real":
+        labels = source.extras["real_labels"][out.index]
+        return real_scores(out.logits, labels, probs_fn(out.logits), threshold)
+    if variant.kind == "corruption":
+        clean = outputs.get(VAL)
+        clean_error = (
+            None if clean is None else (clean.logits.argmax(1) != clean.target).double().mean().item()
+        )
+        return corruption_scores(
+            out,
+            source.extras["corruption"][out.index],
+            source.extras["severity"][out.index],
+            clean_error,
+            reference,
+        )
+    indices = suite.subsets[variant.name]
+    restricted = out.logits[:, indices]  # the head's probabilities over the subset only
+    val = outputs.get(VAL)
+    in_subset = None if val is None else torch.isin(val.target, indices)
+    if variant.kind == "ood":
+        if val is None or not in_subset.any():
+            raise ValueError(f"{variant.name} needs val images of its classes as the in-distribution set")
+        return ood_scores(val.logits[in_subset][:, indices], restricted, probs_fn)
+    scores = classification_scores(restricted, out.target, probs_fn(restricted))
+    if variant.name == "imagenet-r" and val is not None and in_subset.any():
+        position = torch.full((int(indices.max()) + 1,), -1, dtype=torch.long)
+        position[indices] = torch.arange(len(indices))
+        clean = val.logits[in_subset][:, indices].argmax(1) == position[val.target[in_subset]]
+        scores["clean_top1"] = 100.0 * clean.double().mean().item()
+        scores["gap"] = scores["clean_top1"] - scores["top1"]
+    return scores
+
+
+def score_suite(
+    suite: EvalSuite,
+    outputs: Mapping[str, SourceOutput],
+    probs_fn: ProbsFn,
+    reference: M.CorruptionReference | None = M.ALEXNET,
+) -> Scores:
+    """``{"val/<variant>/<metric>": value}`` for every variant whose source has outputs."""
+    threshold = label_set_threshold(outputs.get(MINIVAL), probs_fn)
     results: Scores = {}
     with torch.no_grad():
-        for variant in source.variants:
-            scores = score_variant(variant, logits, target, index, source.extras, head.probs)
-            results.update({f"val/{variant.name}/{name}": value for name, value in scores.items()})
+        for source in suite.sources:
+            if source.key not in outputs or len(outputs[source.key].index) == 0:
+                continue
+            for variant in source.variants:
+                scores = variant_scores(variant, source, outputs, suite, probs_fn, threshold, reference)
+                results.update({f"val/{variant.name}/{name}": value for name, value in scores.items()})
     return results

@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import timm.data
 import torch
 from torch.utils.data import Dataset, Subset
 
-from evaluation.variants import SOURCES, Variant, get_variant
+from evaluation.metrics import IMAGENET_C_CORRUPTIONS, IMAGENET_C_EXTRA
+from evaluation.variants import MINIVAL, Variant, get_variant
 from train.data.datamodule import find_split
-from train.data.folder import DataLayoutError, ImageFolderDataset, scan_folder
+from train.data.folder import DataLayoutError, ImageFolderDataset, Sample, scan_folder
 
 log = logging.getLogger(__name__)
 
 MAX_REAL_LABELS = 9  # the largest ReaL label set has 9 classes
+VAL = "val"
+C_NAMES = (*IMAGENET_C_CORRUPTIONS, *IMAGENET_C_EXTRA)
+TIMM_INFO = Path(timm.data.__file__).parent / "_info"
 
 
 def load_real_labels(path: Path, val_files: Sequence[Path]) -> torch.Tensor:
@@ -26,6 +31,8 @@ def load_real_labels(path: Path, val_files: Sequence[Path]) -> torch.Tensor:
     ``real.json`` has one list per val file, in the order of the val file names sorted as
     strings (``ILSVRC2012_val_00000001.JPEG`` first), whatever folder each file sits in.
     """
+    if not Path(path).is_file():
+        raise DataLayoutError(f"ReaL labels {path} not found; give them with data.real_labels=<real.json>")
     entries = json.loads(Path(path).read_text())
     names = sorted(f.name for f in val_files)
     if len(entries) != len(names):
@@ -45,20 +52,65 @@ def real_labels_path(data_name: str, root: Path, configured: str | None) -> Path
     """``data.real_labels``, else the benchmark's own file, else timm's bundled ImageNet copy."""
     if configured:
         return Path(configured)
-    if data_name == "benchmark":
-        return root / "real.json"
-    import timm.data
+    return root / "real.json" if data_name == "benchmark" else TIMM_INFO / "imagenet_real_labels.json"
 
-    return Path(timm.data.__file__).parent / "_info" / "imagenet_real_labels.json"
+
+def subset_indices(stem: str, root: Path, classes: Sequence[str]) -> tuple[list[str], torch.Tensor]:
+    """The wnids of a class subset and their indices in ``classes``.
+
+    The wnids come from ``<root>/<stem>_synsets.txt``, else timm's copy. When an index file
+    ``<stem>_indices.txt`` exists it must agree with the class list (it is the same map).
+    """
+    folder = root if (root / f"{stem}_synsets.txt").is_file() else TIMM_INFO
+    wnids = (folder / f"{stem}_synsets.txt").read_text().split()
+    position = {w: i for i, w in enumerate(classes)}
+    missing = [w for w in wnids if w not in position]
+    if missing:
+        raise DataLayoutError(
+            f"{folder / f'{stem}_synsets.txt'} lists wnids not in the class list (e.g. {missing[0]})"
+        )
+    indices = torch.tensor([position[w] for w in wnids], dtype=torch.long)
+    index_file = folder / f"{stem}_indices.txt"
+    if index_file.is_file():
+        listed = torch.tensor([int(x) for x in index_file.read_text().split()], dtype=torch.long)
+        if not torch.equal(listed, indices):
+            raise DataLayoutError(
+                f"{index_file} disagrees with the class list; they must map the same classes"
+            )
+    return wnids, indices
+
+
+def scan_corruptions(folder: Path, classes: Sequence[str]) -> tuple[list[Sample], torch.Tensor, torch.Tensor]:
+    """ImageNet-C layout ``<corruption>/<severity>/<wnid>/<image>`` -> samples, corruption ids, severities."""
+    if not folder.is_dir():
+        raise DataLayoutError(f"{folder} does not exist; expected <corruption>/<1..5>/<wnid>/<image>")
+    samples, corruption, severity = [], [], []
+    for path in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if path.name not in C_NAMES:
+            raise DataLayoutError(
+                f"{path} is not an ImageNet-C corruption; expected one of {', '.join(C_NAMES)}"
+            )
+        for level in sorted((p for p in path.iterdir() if p.is_dir()), key=lambda p: p.name):
+            if level.name not in {"1", "2", "3", "4", "5"}:
+                raise DataLayoutError(f"{level} is not a severity folder 1..5")
+            found = scan_folder(level, classes)
+            samples += found
+            corruption += [C_NAMES.index(path.name)] * len(found)
+            severity += [int(level.name)] * len(found)
+    if not samples:
+        raise DataLayoutError(
+            f"{folder} holds no corruption folders; expected <corruption>/<1..5>/<wnid>/<image>"
+        )
+    return samples, torch.tensor(corruption), torch.tensor(severity)
 
 
 @dataclass
 class EvalSource:
-    """One image set, the variants scored from it, and per-image extras (e.g. ReaL labels)."""
+    """One image folder, the variants scored from it, and per-image extras (ReaL labels, C ids)."""
 
     key: str
     dataset: ImageFolderDataset
-    variants: list[Variant]
+    variants: list[Variant] = field(default_factory=list)
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def capped(self, max_images: int | None) -> Dataset:
@@ -69,33 +121,81 @@ class EvalSource:
         return Subset(self.dataset, torch.linspace(0, n - 1, max_images).round().long().tolist())
 
 
-def build_sources(
+@dataclass
+class EvalSuite:
+    """The evaluation sources plus the class subsets their variants restrict logits to."""
+
+    sources: list[EvalSource]
+    subsets: dict[str, torch.Tensor]  # variant name -> [S] model class indices
+
+    def source(self, key: str) -> EvalSource | None:
+        return next((s for s in self.sources if s.key == key), None)
+
+
+def build_suite(
     variant_names: Sequence[str],
     root: Path,
     classes: Sequence[str],
     transform: Callable,
     data_name: str,
+    minival: Sequence[Sample] = (),
+    paths: Mapping[str, str] | None = None,
     real_labels: str | None = None,
     strict: bool = False,
-) -> list[EvalSource]:
-    """Datasets for the requested variants, one per image source; absent sets are skipped with a warning."""
-    variants = [get_variant(name) for name in variant_names]
+) -> EvalSuite:
+    """Datasets of the requested variants; a variant absent from disk is skipped with one warning
+    naming the expected path (an error with ``strict``)."""
+    paths = dict(paths or {})
+    for name in paths:  # eval.paths keys must be variant names
+        get_variant(name)
     sources: dict[str, EvalSource] = {}
-    for variant in variants:
-        if variant.source not in sources:
-            spec = SOURCES[variant.source]
-            try:
-                folder = find_split(root, spec.path) if spec.key == "val" else root / spec.path
-                samples = scan_folder(folder, classes, spec.layout)
-            except DataLayoutError as err:
-                if strict:
-                    raise
-                log.warning("skipping variant %s: %s", variant.name, err)
-                continue
-            sources[spec.key] = EvalSource(spec.key, ImageFolderDataset(samples, transform), [])
-        source = sources[variant.source]
+    subsets: dict[str, torch.Tensor] = {}
+
+    def folder_of(variant: Variant) -> Path:
+        if variant.name in paths:
+            return Path(paths[variant.name])
+        return find_split(root, VAL) if variant.path == VAL else root / variant.path
+
+    def add_source(key: str, make: Callable[[], tuple[list[Sample], dict[str, torch.Tensor]]]) -> EvalSource:
+        if key not in sources:
+            samples, extras = make()
+            sources[key] = EvalSource(key, ImageFolderDataset(samples, transform), extras=extras)
+        return sources[key]
+
+    for variant in (get_variant(n) for n in variant_names):
+        try:
+            if variant.name == MINIVAL:
+                if not minival:
+                    raise DataLayoutError("minival is empty; set data.minival_fraction > 0")
+                source = add_source(MINIVAL, lambda: (list(minival), {}))
+            elif variant.kind == "corruption":
+                folder = folder_of(variant)
+
+                def make_c(folder: Path = folder):
+                    samples, corruption, severity = scan_corruptions(folder, classes)
+                    return samples, {"corruption": corruption, "severity": severity}
+
+                source = add_source(str(folder), make_c)
+            elif variant.kind in ("subset", "ood"):
+                wnids, subsets[variant.name] = subset_indices(variant.subset, root, classes)
+                folder = folder_of(variant)
+                source = add_source(str(folder), lambda f=folder, w=wnids: (scan_folder(f, w), {}))
+                if variant.kind == "ood" or variant.name == "imagenet-r":  # scored against val images
+                    val = folder_of(get_variant("imagenet"))
+                    add_source(VAL, lambda v=val: (scan_folder(v, classes), {}))
+            else:
+                folder = folder_of(variant)
+                key = VAL if variant.path == VAL and variant.name not in paths else str(folder)
+                source = add_source(key, lambda f=folder, v=variant: (scan_folder(f, classes, v.layout), {}))
+                if variant.kind == "real" and "real_labels" not in source.extras:
+                    files = [s.path for s in source.dataset.samples]
+                    source.extras["real_labels"] = load_real_labels(
+                        real_labels_path(data_name, root, real_labels), files
+                    )
+        except DataLayoutError as err:
+            if strict:
+                raise
+            log.warning("skipping variant %s: %s", variant.name, err)
+            continue
         source.variants.append(variant)
-        if variant.labels == "real" and "real_labels" not in source.extras:
-            path = real_labels_path(data_name, root, real_labels)
-            source.extras["real_labels"] = load_real_labels(path, [s.path for s in source.dataset.samples])
-    return list(sources.values())
+    return EvalSuite(list(sources.values()), subsets)

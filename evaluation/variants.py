@@ -1,42 +1,58 @@
 """The test sets, as data: where each lives, how its labels map, what it reports.
 
-A *source* is a set of images read from disk; several variants may be scored from one forward
-pass over the same source (``imagenet`` and ``imagenet-real`` both read ``val``).
+Variants that read the same folder share one forward pass (``imagenet``, ``imagenet-real`` and the
+in-distribution half of ``imagenet-o`` all read ``val``). Paths are relative to the data root
+(the embedded benchmark holds every variant there); ``eval.paths.<variant>=<folder>`` points a
+variant at a release stored elsewhere, e.g. ``eval.paths.imagenet-a=/data/imagenet-a``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class Source:
-    """Images on disk. ``path`` is relative to the data root; ``layout`` is ``wnid`` or ``int``."""
-
-    key: str
-    path: str
-    layout: str = "wnid"
+MINIVAL = "minival"
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A scored test set: its image source, the label kind it needs, and the metrics it reports."""
+    """A scored test set.
+
+    Attributes:
+        name: key segment in ``val/<name>/<metric>``.
+        kind: how it is scored: ``classification`` (one label per image), ``real`` (ReaL label
+            sets), ``subset`` (logits restricted to a class subset: A, R), ``ood`` (anomaly
+            detection against in-distribution val images: O), ``corruption`` (C).
+        path: folder of its images, relative to the data root (``val`` and ``train`` are found
+            like timm does); ``minival`` is a held-out slice of ``train``.
+        layout: ``wnid`` (class folders named by wnid) or ``int`` (folders ``0..K-1``: V2).
+        subset: stem of the class-subset files ``<subset>_synsets.txt`` / ``<subset>_indices.txt``
+            (in the data root, else timm's ``_info`` copies), for ``subset`` and ``ood`` kinds.
+    """
 
     name: str
-    source: str
-    labels: str  # "class" (one index per image) or "real" (ReaL label sets)
-    metrics: tuple[str, ...]
+    kind: str
+    path: str
+    layout: str = "wnid"
+    subset: str | None = None
 
-
-SOURCES: dict[str, Source] = {
-    "val": Source("val", "val"),
-}
 
 VARIANTS: dict[str, Variant] = {
-    "imagenet": Variant(
-        "imagenet", "val", "class", ("top1", "top5", "nll", "ece", "rms_calib", "brier", "n")
-    ),
-    "imagenet-real": Variant("imagenet-real", "val", "real", ("top1", "top5", "n")),
+    v.name: v
+    for v in (
+        Variant(MINIVAL, "classification", "train"),
+        Variant("imagenet", "classification", "val"),
+        Variant("imagenet-real", "real", "val"),
+        Variant(
+            "imagenetv2-matched-frequency", "classification", "imagenetv2-matched-frequency-format-val", "int"
+        ),
+        Variant("imagenetv2-threshold0.7", "classification", "imagenetv2-threshold0.7-format-val", "int"),
+        Variant("imagenetv2-top-images", "classification", "imagenetv2-top-images-format-val", "int"),
+        Variant("imagenet-sketch", "classification", "sketch"),
+        Variant("imagenet-a", "subset", "imagenet-a", subset="imagenet_a"),
+        Variant("imagenet-r", "subset", "imagenet-r", subset="imagenet_r"),
+        Variant("imagenet-o", "ood", "imagenet-o", subset="imagenet_o"),
+        Variant("imagenet-c", "corruption", "imagenet-c"),
+    )
 }
 
 

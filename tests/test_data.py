@@ -118,9 +118,19 @@ def test_real_labels_follow_sorted_val_basenames(tmp_path):
 
 
 def test_benchmark_datamodule_reads_generated_layout(bench_root, tmp_path):
-    data = ImageNetDataModule(DataConfig(root=str(bench_root), image_size=32), cache_dir=tmp_path)
-    data.check_layout()
+    data = ImageNetDataModule(
+        DataConfig(root=str(bench_root), image_size=32, minival_fraction=0.05), cache_dir=tmp_path
+    )
     data.setup("fit")
+    train_files = sorted((bench_root / "train").rglob("*.JPEG"))
+    held = {s.path for s in data.minival_samples}
+    assert len(data.train_samples) + len(held) == len(train_files) and not held & {
+        s.path for s in data.train_samples
+    }
+    per_class = [sum(s.target == k for s in data.minival_samples) for k in range(20)]
+    assert per_class == [
+        round(0.05 * len(list((bench_root / "train" / w).iterdir()))) or 1 for w in data.classes
+    ]
     assert data.classes == (bench_root / "classes.txt").read_text().split() and data.num_classes == 20
     image, _, _, bad = data.train_set[0]
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32

@@ -35,6 +35,7 @@ class DataConfig:
     batch_size: int = 64  # per device
     eval_batch_size: int | None = None  # per device; null: 2 x batch_size
     num_workers: int = 4
+    minival_fraction: float = 0.01  # held out of train per class (deterministic), scored as "minival"
 
 
 @dataclass
@@ -102,10 +103,12 @@ class LoggerConfig:
 
 @dataclass
 class EvalConfig:
-    variants: list[str] = field(default_factory=lambda: ["imagenet", "imagenet-real"])
+    variants: list[str] = field(default_factory=lambda: ["minival", "imagenet", "imagenet-real"])
     every_n_epochs: int = 1
     max_images: int | None = None  # per-epoch cap per variant (fixed subset); the end of training scores all
     strict: bool = False  # a variant missing on disk is an error instead of a warning
+    paths: dict[str, str] = field(default_factory=dict)  # variant -> folder, for releases outside data.root
+    c_normaliser: str = "alexnet"  # ImageNet-C: "alexnet", "none" (raw errors) or "run:<run dir>"
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -16,7 +17,8 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from evaluation.callback import VariantEvaluator
-from evaluation.suite import build_sources
+from evaluation.metrics import ALEXNET, CorruptionReference
+from evaluation.suite import build_suite
 from train.callbacks import AtomicCheckpointIO, BadFileReport, HealthMonitor, RandomStateCheckpoint
 from train.config import Config
 from train.data.benchmark import benchmark_hash, default_cache_dir
@@ -79,16 +81,18 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
     cache_dir = Path(conf.paths.cache_dir) if conf.paths.cache_dir else default_cache_dir()
     with phases("data"):
         data = ImageNetDataModule(conf.data, cache_dir=cache_dir, seed=conf.seed)
-        data.check_layout()
-        data.eval_sources = build_sources(
+        suite = build_suite(
             conf.eval.variants,
             data.root,
             data.classes,
             eval_transform(conf.data),
             conf.data.name,
+            minival=data.minival_samples,
+            paths=conf.eval.paths,
             real_labels=conf.data.real_labels,
             strict=conf.eval.strict,
         )
+        data.eval_sources = suite.sources
         data.max_eval_images = conf.eval.max_images
     data_hash = benchmark_hash(data.root) if conf.data.name == "benchmark" else None
 
@@ -123,7 +127,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
         conf.logger, run_dir, conf.experiment, group_name(conf), tags, flat_config, wandb_id
     )
 
-    evaluator = VariantEvaluator(data.eval_sources, run_dir)
+    evaluator = VariantEvaluator(suite, run_dir, corruption_reference(conf.eval.c_normaliser))
     checkpoints = ModelCheckpoint(  # checkpoints/last.ckpt, replaced atomically after every epoch
         dirpath=run_dir / "checkpoints",
         filename="last",
@@ -167,6 +171,31 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
     if logger is not None and hasattr(logger, "experiment") and conf.logger.name == "wandb":
         logger.experiment.finish()
     return results
+
+
+def corruption_reference(normaliser: str) -> CorruptionReference | None:
+    """``eval.c_normaliser``: AlexNet's constants, none (raw errors), or a reference run's metrics."""
+    if normaliser == "alexnet":
+        return ALEXNET
+    if normaliser == "none":
+        return None
+    if normaliser.startswith("run:"):
+        metrics_file = Path(normaliser[4:]) / "metrics.json"
+        if not metrics_file.is_file():
+            raise FileNotFoundError(
+                f"eval.c_normaliser={normaliser}: {metrics_file} not found; give a finished run"
+            )
+        scores = json.loads(metrics_file.read_text())
+        errors: dict[str, list[float]] = {}
+        for key, value in sorted(scores.items()):
+            parts = key.split("/")
+            if len(parts) == 5 and parts[1] == "imagenet-c" and parts[4] == "err":
+                errors.setdefault(parts[2], []).append(value / 100)
+        if not errors:
+            raise ValueError(f"eval.c_normaliser={normaliser}: that run scored no imagenet-c errors")
+        clean = scores.get("val/imagenet/top1")
+        return CorruptionReference(errors, None if clean is None else 1 - clean / 100)
+    raise ValueError(f"eval.c_normaliser={normaliser!r} is unknown; use alexnet, none or run:<run dir>")
 
 
 def augment_name(cfg: DictConfig) -> str:

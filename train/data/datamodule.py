@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from train.config import DataConfig
 from train.data.benchmark import ensure_benchmark
-from train.data.folder import DataLayoutError, ImageFolderDataset, scan_folder
+from train.data.folder import DataLayoutError, ImageFolderDataset, Sample, scan_folder
 from train.data.transforms import train_transform
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,24 @@ def find_split(root: Path, split: str) -> Path:
     )
 
 
+def split_minival(samples: list[Sample], fraction: float) -> tuple[list[Sample], list[Sample]]:
+    """Hold out ``fraction`` of every class (at least one image when > 0), evenly spread over its
+    naturally sorted files: deterministic, identical on every rank and run. Returns (train, minival)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"data.minival_fraction={fraction} is out of range; use a value in [0, 1)")
+    by_class: dict[int, list[int]] = {}
+    for i, sample in enumerate(samples):
+        by_class.setdefault(sample.target, []).append(i)
+    held: set[int] = set()
+    for members in by_class.values():
+        count = min(len(members) - 1, max(1, round(fraction * len(members)))) if fraction > 0 else 0
+        step = len(members) / max(count, 1)
+        held.update(members[int(j * step)] for j in range(count))
+    return [s for i, s in enumerate(samples) if i not in held], [
+        s for i, s in enumerate(samples) if i in held
+    ]
+
+
 class UnpaddedShardSampler(Sampler[int]):
     """A contiguous, unpadded slice of ``range(n)`` per rank: every image is scored exactly once."""
 
@@ -92,22 +110,19 @@ class ImageNetDataModule(L.LightningDataModule):
         self.root = resolve_root(cfg, self.cache_dir)
         self.classes = load_classes(cfg, self.root)
         self.train_set: ImageFolderDataset | None = None
-        self.eval_sources: list = []  # evaluation.suite.EvalSource, set by the training program
+        self.train_samples, self.minival_samples = split_minival(
+            scan_folder(find_split(self.root, "train"), self.classes), cfg.minival_fraction
+        )
+        self.eval_sources: list = []  # evaluation.suite.EvalSource, set by the program that evaluates
         self.max_eval_images: int | None = None  # per-epoch cap; validate() outside fit scores all
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def check_layout(self) -> None:
-        """Fail before training when the train or val split is missing or malformed."""
-        for split in ("train", "val"):
-            scan_folder(find_split(self.root, split), self.classes)
-
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None) and self.train_set is None:
-            samples = scan_folder(find_split(self.root, "train"), self.classes)
-            self.train_set = ImageFolderDataset(samples, train_transform(self.cfg))
+            self.train_set = ImageFolderDataset(self.train_samples, train_transform(self.cfg))
 
     def loader(
         self,
