@@ -1,0 +1,89 @@
+"""Speed of the batched ImageNet-C corruptions against the ``imagecorruptions`` package.
+
+    python -m benchmarks.corruptions [--batch 64] [--size 224] [--device cpu] [--reference-images 8]
+
+Both sides corrupt the same photos at every severity 1..5: the reference image by image (uint8
+HxWx3 NumPy arrays, its native input), ours as one float batch on ``--device``. Prints images/s
+per corruption, then the ratios (ours / reference) per corruption and for all 19 together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from evaluation.corruptions import CORRUPTION_NAMES, SEVERITIES, corrupt
+from evaluation.corruptions.preview import sample_photos, to_uint8
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ours(images: torch.Tensor, name: str, repeats: int) -> float:
+    """Seconds per image for all five severities, best of ``repeats`` (after one warm-up)."""
+    generator = torch.Generator(device=images.device).manual_seed(0)
+    best = float("inf")
+    for attempt in range(repeats + 1):
+        _sync(images.device)
+        start = time.perf_counter()
+        for severity in SEVERITIES:
+            corrupt(images, name, severity, generator)
+        _sync(images.device)
+        if attempt:
+            best = min(best, time.perf_counter() - start)
+    return best / len(images)
+
+
+def time_reference(images: list[np.ndarray], name: str) -> float:
+    """Seconds per image for all five severities, image by image (after one warm-up call)."""
+    from imagecorruptions import corrupt as reference
+
+    reference(images[0], severity=1, corruption_name=name)
+    start = time.perf_counter()
+    for image in images:
+        for severity in SEVERITIES:
+            reference(image, severity=severity, corruption_name=name)
+    return (time.perf_counter() - start) / len(images)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=64, help="images per batch for ours")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--reference-images", type=int, default=8, help="images the reference corrupts")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--names", nargs="*", default=list(CORRUPTION_NAMES))
+    args = parser.parse_args(argv)
+
+    photos = sample_photos(args.size)
+    batch = photos[torch.arange(args.batch) % len(photos)]
+    batch = torch.where(torch.arange(args.batch).view(-1, 1, 1, 1) % 8 >= 4, batch.flip(-1), batch)
+    device = torch.device(args.device)
+    images = batch.to(device)
+    reference_images = [to_uint8(image) for image in batch[: args.reference_images]]
+    print(
+        f"{args.batch} images of {args.size} px on {device} (torch threads: {torch.get_num_threads()}); "
+        f"reference on {len(reference_images)} images"
+    )
+    print(f"{'corruption':20s} {'reference img/s':>16s} {'ours img/s':>12s}")
+    rows = []
+    for name in args.names:
+        ref_seconds = time_reference(reference_images, name) / len(SEVERITIES)
+        our_seconds = time_ours(images, name, args.repeats) / len(SEVERITIES)
+        rows.append((name, ref_seconds, our_seconds))
+        print(f"{name:20s} {1 / ref_seconds:16.1f} {1 / our_seconds:12.1f}", flush=True)
+    print("\nratios (ours / reference images per second)")
+    for name, ref_seconds, our_seconds in rows:
+        print(f"{name:20s} {ref_seconds / our_seconds:8.1f}x")
+    total_ref, total_ours = sum(r[1] for r in rows), sum(r[2] for r in rows)
+    print(f"{'all ' + str(len(rows)) + ' together':20s} {total_ref / total_ours:8.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""ImageNet-C corruptions and ImageNet-P perturbation sequences as batched tensor ops.
+
+``corrupt(images, name, severity)`` applies one of the 19 ImageNet-C corruptions to a float
+batch [B, 3, H, W] in [0, 1] on any device, with per-sample randomness from a generator;
+``perturbation_sequence`` makes ImageNet-P frame sequences; ``c_plan`` and ``c_subset`` fix
+which validation images are scored under which corruption. See docs/corruptions.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ._inputs import check_images, resolve_scale, working_dtype
+from .blur import defocus_blur, gaussian_blur, glass_blur, motion_blur, zoom_blur
+from .digital import contrast, elastic_transform, jpeg_compression, pixelate, saturate
+from .noise import gaussian_noise, impulse_noise, shot_noise, speckle_noise
+from .perturbations import NOISE_PERTURBATIONS, PERTURBATIONS, perturbation_sequence
+from .plan import c_plan, c_subset
+from .spatter import spatter
+from .weather import brightness, fog, frost, snow
+
+Corruption = Callable[[Tensor, int, "torch.Generator | None", float], Tensor]
+
+CORRUPTIONS: dict[str, Corruption] = {
+    fn.__name__: fn
+    for fn in (
+        gaussian_noise,
+        shot_noise,
+        impulse_noise,
+        defocus_blur,
+        glass_blur,
+        motion_blur,
+        zoom_blur,
+        snow,
+        frost,
+        fog,
+        brightness,
+        contrast,
+        elastic_transform,
+        pixelate,
+        jpeg_compression,
+        speckle_noise,
+        gaussian_blur,
+        spatter,
+        saturate,
+    )
+}
+"""All 19 corruptions in ImageNet-C's order: the 15 scored ones, then the 4 held-out extras."""
+CORRUPTION_NAMES: tuple[str, ...] = tuple(CORRUPTIONS)
+COMMON_CORRUPTIONS: tuple[str, ...] = CORRUPTION_NAMES[:15]
+EXTRA_CORRUPTIONS: tuple[str, ...] = CORRUPTION_NAMES[15:]
+SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+
+@torch.no_grad()
+def corrupt(
+    images: Tensor,
+    name: str,
+    severity: int,
+    generator: torch.Generator | None = None,
+    *,
+    scale: float | None = None,
+) -> Tensor:
+    """Apply an ImageNet-C corruption to a batch.
+
+    Args:
+        images: float [B, 3, H, W] in [0, 1], any device; H and W at least 8.
+        name: one of ``CORRUPTION_NAMES``.
+        severity: 1 .. 5.
+        generator: source of the per-sample randomness (on the images' device); None uses the
+            global generator. Deterministic corruptions ignore it.
+        scale: multiplier for the reference's pixel-sized parameters (blur radii and sigmas,
+            glass-shuffle distance, motion streaks, snow flake size, spatter blobs, frost
+            texture). None means shorter side / 224, so every image looks like ImageNet-C at
+            224 px; ``scale=1`` keeps pixel values, as the ``imagecorruptions`` package does at
+            every size. Sizes relative to the image (zoom, pixelate, fog, elastic) ignore it.
+
+    Returns:
+        float [B, 3, H, W] in [0, 1], same device and dtype as ``images``.
+    """
+    if name not in CORRUPTIONS:
+        raise ValueError(f"unknown corruption {name!r}: choose one of {', '.join(CORRUPTION_NAMES)}")
+    if severity not in SEVERITIES:
+        raise ValueError(f"severity must be an integer 1..5, got {severity!r}")
+    check_images(images, generator)
+    pixel_scale = resolve_scale(images, scale)
+    out = CORRUPTIONS[name](images.to(working_dtype(images)), severity, generator, pixel_scale)
+    return out.to(images.dtype)
+
+
+__all__ = [
+    "COMMON_CORRUPTIONS",
+    "CORRUPTIONS",
+    "CORRUPTION_NAMES",
+    "EXTRA_CORRUPTIONS",
+    "NOISE_PERTURBATIONS",
+    "PERTURBATIONS",
+    "SEVERITIES",
+    "c_plan",
+    "c_subset",
+    "corrupt",
+    "perturbation_sequence",
+]

@@ -1,0 +1,119 @@
+"""Blur corruptions: defocus, glass, motion, zoom and gaussian blur.
+
+All take float [B, 3, H, W] in [0, 1] and return the same. Radii and sigmas are the reference's
+pixel values multiplied by ``scale`` (see ``corrupt``); zoom factors are relative to the image.
+"""
+
+from __future__ import annotations
+
+import kornia
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._ops import (
+    clipped_zoom,
+    correlate,
+    gaussian_filter,
+    motion_kernel,
+    rand,
+    resample_kernel,
+    separable_filter,
+)
+
+GAUSSIAN_SIGMA = (1, 2, 3, 4, 6)
+GLASS = ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2))  # sigma, max_delta, iterations
+DEFOCUS = ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5))  # disk radius, antialiasing sigma
+MOTION = ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15))  # radius, sigma
+ZOOM = ((1.11, 0.01), (1.16, 0.01), (1.21, 0.02), (1.26, 0.02), (1.31, 0.03))  # np.arange(1, stop, step)
+
+
+def gaussian_blur(x: Tensor, severity: int, generator: torch.Generator | None, scale: float) -> Tensor:
+    """skimage ``gaussian`` (edge mode "nearest", truncate 4), sigma 1 .. 6 px."""
+    return gaussian_filter(x, GAUSSIAN_SIGMA[severity - 1] * scale).clamp_(0, 1)
+
+
+def disk_kernel(radius: float, alias_sigma: float, like: Tensor) -> Tensor:
+    """The reference's defocus kernel [1, k, k]: a normalised binary disk on a grid of half-width
+    max(8, radius), smoothed by a 3x3 (radius <= 8) or 5x5 Gaussian of ``alias_sigma``."""
+    half = 8 if radius <= 8 else int(radius)
+    grid = torch.arange(-half, half + 1, device=like.device, dtype=like.dtype)
+    disk = ((grid[:, None] ** 2 + grid[None, :] ** 2) <= radius**2).to(like.dtype)
+    taps = kornia.filters.get_gaussian_kernel1d(3 if radius <= 8 else 5, alias_sigma, dtype=torch.float64)
+    return separable_filter((disk / disk.sum())[None, None], taps[0], taps[0], "reflect")[0]
+
+
+def defocus_blur(x: Tensor, severity: int, generator: torch.Generator | None, scale: float) -> Tensor:
+    """Disk (lens) blur, radius 3 .. 10 px, OpenCV ``filter2D`` borders (reflect-101)."""
+    radius, alias_sigma = DEFOCUS[severity - 1]
+    kernel = resample_kernel(disk_kernel(radius, alias_sigma, x), scale)
+    return correlate(x, kernel, "reflect").clamp_(0, 1)
+
+
+def motion_blur(x: Tensor, severity: int, generator: torch.Generator | None, scale: float) -> Tensor:
+    """Linear motion blur of radius 10 .. 20 px at a uniform random angle in [-45, 45) degrees."""
+    radius, sigma = MOTION[severity - 1]
+    angle = 90 * rand((x.shape[0],), x, generator) - 45
+    h, w = x.shape[-2:]
+    kernel = resample_kernel(motion_kernel(radius, sigma, angle, round(h / scale), round(w / scale)), scale)
+    return correlate(x, kernel, "replicate").clamp_(0, 1)
+
+
+def zoom_layers(x: Tensor, factors: list[float]) -> Tensor:
+    """Sum over ``factors`` of the image zoomed into its centre (bilinear), cropped top-left."""
+    h, w = x.shape[-2:]
+    total = torch.zeros_like(x)
+    for factor in factors:
+        total += clipped_zoom(x, factor)[..., :h, :w]
+    return total
+
+
+def zoom_blur(x: Tensor, severity: int, generator: torch.Generator | None, scale: float) -> Tensor:
+    """Mean of the image and its zooms by 1, 1 + step, ... < 1.11 .. 1.31 (radial blur)."""
+    stop, step = ZOOM[severity - 1]
+    factors = np.arange(1, stop, step).tolist()
+    return ((x + zoom_layers(x, factors)) / (len(factors) + 1)).clamp_(0, 1)
+
+
+def shuffle_sources(batch: int, height: int, width: int, max_delta: int, like: Tensor, generator) -> Tensor:
+    """Flat source index [B, H * W] of every pixel after one sweep of the reference's local shuffle.
+
+    The reference visits pixels from bottom-right to top-left (skipping a ``max_delta`` border)
+    and "swaps" each with the pixel at a uniform offset in ``[-max_delta, max_delta)`` per axis;
+    because it swaps NumPy views, each visit in fact copies the partner's current value into the
+    visited pixel. A partner visited earlier already holds its own copied value, so a pixel's
+    source is found by following partners while they point to earlier-visited pixels: a
+    pointer chain, resolved here in parallel by pointer doubling (exact, O(log chain) gathers).
+    """
+    device = like.device
+    rows = torch.arange(height, device=device)[:, None].expand(height, width).reshape(-1)
+    cols = torch.arange(width, device=device)[None, :].expand(height, width).reshape(-1)
+    visited = (
+        (rows > max_delta) & (rows <= height - max_delta) & (cols > max_delta) & (cols <= width - max_delta)
+    )
+    step = (rand((2, batch, height * width), like, generator) * (2 * max_delta)).long() - max_delta
+    partner_rows = torch.where(visited, rows + step[0], rows)
+    partner_cols = torch.where(visited, cols + step[1], cols)
+    partner = partner_rows * width + partner_cols
+    earlier = visited.reshape(-1)[partner] & (
+        (partner_rows > rows) | ((partner_rows == rows) & (partner_cols > cols))
+    )
+    own = torch.arange(height * width, device=device).expand(batch, -1)
+    parent = torch.where(earlier, partner, own)
+    while True:
+        grandparent = parent.gather(1, parent)
+        if torch.equal(grandparent, parent):
+            return partner.gather(1, parent)
+        parent = grandparent
+
+
+def glass_blur(x: Tensor, severity: int, generator: torch.Generator | None, scale: float) -> Tensor:
+    """Gaussian blur, local pixel shuffling (frosted glass), Gaussian blur again."""
+    sigma, max_delta, iterations = GLASS[severity - 1]
+    b, _, h, w = x.shape
+    source = torch.arange(h * w, device=x.device).expand(b, -1)
+    for _ in range(iterations):
+        source = source.gather(1, shuffle_sources(b, h, w, max(1, round(max_delta * scale)), x, generator))
+    blurred = torch.floor(gaussian_filter(x, sigma * scale) * 255) / 255  # the reference rounds to uint8 here
+    shuffled = blurred.reshape(b, 3, h * w).gather(2, source[:, None].expand(-1, 3, -1))
+    return gaussian_filter(shuffled.reshape(b, 3, h, w), sigma * scale).clamp_(0, 1)
