@@ -15,9 +15,10 @@ import yaml
 from conftest import TINY, cli_env, run_train
 from PIL import Image
 
+from evaluation.variants import VARIANTS as ALL_VARIANTS
 from train.data.benchmark import benchmark_hash
 
-VARIANTS = ("imagenet", "imagenet-real")
+VARIANTS = tuple(ALL_VARIANTS)
 
 
 def leet_summary(run_dir: Path, cache_dir: Path) -> dict:
@@ -50,8 +51,10 @@ def test_training_run_writes_every_output(tmp_path: Path, bench_root: Path, cach
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["experiment"] == experiment
     for variant in VARIANTS:
-        for metric in ("top1", "top5"):
-            assert 0.0 <= metrics[f"val/{variant}/{metric}"] <= 100.0
+        if variant != "imagenet-o":
+            assert 0.0 <= metrics[f"val/{variant}/top1"] <= 100.0
+    assert 0.0 <= metrics["val/imagenet-o/auroc"] <= 1.0 and metrics["val/imagenet-c/mce"] > 0
+    assert metrics["val/imagenet-c/n"] == len(list((bench_root / "imagenet-c").rglob("*.JPEG")))
     val_files = sorted((bench_root / "val").rglob("*.JPEG"))
     real = json.loads((bench_root / "real.json").read_text())
     assert metrics["val/imagenet/n"] == len(val_files)
@@ -70,6 +73,9 @@ def test_training_run_writes_every_output(tmp_path: Path, bench_root: Path, cach
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 3 and "RandomStateCheckpoint" in str(ckpt["callbacks"])
     assert "imagenet-real" in (run_dir / "results.txt").read_text()
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()  # selected on minival
+    for plot in ("reliability_epoch000.png", "reliability_final.png", "imagenet-o_confidence_final.png"):
+        assert (run_dir / "plots" / plot).stat().st_size > 10_000
 
     # W&B: no API key, no network -> offline run in the run dir, same id, group = experiment, tags
     summary = leet_summary(run_dir, cache_dir)

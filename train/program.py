@@ -18,7 +18,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from evaluation.callback import VariantEvaluator
 from evaluation.metrics import ALEXNET, CorruptionReference
+from evaluation.plots import PlotWriter
+from evaluation.registry import metric_spec
 from evaluation.suite import build_suite
+from evaluation.variants import MINIVAL
 from train.callbacks import AtomicCheckpointIO, BadFileReport, HealthMonitor, RandomStateCheckpoint
 from train.config import Config
 from train.data.benchmark import benchmark_hash, default_cache_dir
@@ -141,8 +144,21 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
         HealthMonitor(),
         BadFileReport(run_dir),
         evaluator,
+        PlotWriter(evaluator, run_dir),
         *extra_callbacks,
     ]
+    if MINIVAL in conf.eval.variants:  # model selection reads minival only, never a test set
+        key = f"val/{MINIVAL}/top1"
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=run_dir / "checkpoints",
+                filename="best",
+                monitor=key,
+                mode=metric_spec(key).mode,
+                save_top_k=1,
+                enable_version_counter=False,
+            )
+        )
     if logger is not None:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     trainer_args["precision"] = resolve_precision(trainer_args, torch.cuda.is_available())
