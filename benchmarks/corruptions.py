@@ -1,6 +1,6 @@
 """Speed of the batched ImageNet-C corruptions against the ``imagecorruptions`` package.
 
-    python -m benchmarks.corruptions [--batch 64] [--size 224] [--device cpu] [--reference-images 8]
+    python -m benchmarks.corruptions [--batch 64] [--size 224] [--device cpu] [--reference-images 8] [--threads N]
 
 Both sides corrupt the same photos at every severity 1..5: the reference image by image (uint8
 HxWx3 NumPy arrays, its native input), ours as one float batch on ``--device``. Prints images/s
@@ -59,7 +59,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reference-images", type=int, default=8, help="images the reference corrupts")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--names", nargs="*", default=list(CORRUPTION_NAMES))
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     photos = sample_photos(args.size)
     batch = photos[torch.arange(args.batch) % len(photos)]

@@ -69,12 +69,25 @@ def _box_rows(x: Tensor, size: int) -> Tensor:
     return (sums.index_select(-2, end) - sums.index_select(-2, start)) / (end - start).to(x.dtype)[:, None]
 
 
-def _nearest(size: int, source: int, device: torch.device) -> Tensor:
+def _nearest(size: int, source: int) -> np.ndarray:
     """PIL's NEAREST source index of each of ``size`` outputs: it steps ``source / size`` from
     half a step, summing in float64 as it goes, and truncates."""
     step = source / size
-    positions = np.cumsum(np.r_[0.5 * step, np.full(size - 1, step)])
-    return torch.as_tensor(positions.astype(np.int64), device=device)
+    return np.cumsum(np.r_[0.5 * step, np.full(size - 1, step)]).astype(np.int64)
+
+
+def _upsample_nearest(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """PIL's NEAREST upsampling of [B, C, h, w] to ``size``; through ``F.interpolate`` (fast) when
+    its float32 index rule gives PIL's indices (most sizes; ties can round apart)."""
+    rows, cols = _nearest(size[0], x.shape[-2]), _nearest(size[1], x.shape[-1])
+    torch_rows, torch_cols = (
+        np.floor((np.arange(n, dtype=np.float32) + 0.5) * np.float32(m / n)).astype(np.int64)
+        for n, m in ((size[0], x.shape[-2]), (size[1], x.shape[-1]))
+    )
+    if np.array_equal(rows, torch_rows) and np.array_equal(cols, torch_cols):
+        return F.interpolate(x, size=size, mode="nearest-exact")
+    rows, cols = (torch.as_tensor(v, device=x.device) for v in (rows, cols))
+    return x.index_select(-2, rows).index_select(-1, cols)
 
 
 def pixelate(x: Tensor, severity: int, generator: torch.Generator | None, scale: float) -> Tensor:
@@ -82,9 +95,8 @@ def pixelate(x: Tensor, severity: int, generator: torch.Generator | None, scale:
     factor = PIXELATE[severity - 1]
     h, w = x.shape[-2:]
     small_h, small_w = max(1, int(h * factor)), max(1, int(w * factor))
-    small = _box_rows(_box_rows(x, small_h).transpose(-1, -2), small_w)  # [..., small_w, small_h]
-    small = small.index_select(-2, _nearest(w, small_w, x.device)).transpose(-1, -2)
-    return small.index_select(-2, _nearest(h, small_h, x.device))
+    small = _box_rows(_box_rows(x, small_h).transpose(-1, -2), small_w).transpose(-1, -2)
+    return _upsample_nearest(small, (h, w))
 
 
 def elastic_transform(x: Tensor, severity: int, generator: torch.Generator | None, scale: float) -> Tensor:
