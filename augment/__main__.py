@@ -1,0 +1,97 @@
+"""Command line: ``python -m augment {pretrain,generate,preview} key=value ...``.
+
+    python -m augment pretrain [data.root=<root>] [split=train] [cache_dir=<dir>] [image_size=64] [budget_s=240]
+    python -m augment generate data.root=<root> out=<dir> [split=train] [shard=i num_shards=n] [shard_by=class]
+    python -m augment preview [data.root=<root>] out=preview.png [n=8] [image_size=64]
+
+``data.root`` is an ImageNet-layout root (``<root>/<split>/<wnid>/<file>``), by default the embedded benchmark.
+``generate`` and ``preview`` take ``edsr_weights=`` and ``cae_weights=``; without them they use the built-in
+pretraining on ``<root>/train`` (cached, trained on first use), tuned with ``pretrain.<key>=`` (keys of pretrain).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from augment.generate import generate
+from augment.pretrain import ensure_pretrained, read_report
+from augment.preview import preview
+
+COMMON = {"data.root": Path, "split": str, "seed": int, "device": str}
+PRETRAIN = {"cache_dir": Path, "image_size": int, "budget_s": float, "max_images": int, "patch_size": int}
+WEIGHTS = {"edsr_weights": str, "cae_weights": str, **{f"pretrain.{k}": t for k, t in PRETRAIN.items()}}
+COMMANDS = {
+    "pretrain": PRETRAIN,
+    "generate": {
+        "out": Path,
+        "shard": int,
+        "num_shards": int,
+        "shard_by": str,
+        "size": int,
+        "batch_size": int,
+        "images_per_network": int,
+        "workers": int,
+        **WEIGHTS,
+    },
+    "preview": {"out": Path, "n": int, "image_size": int, "cell": int, **WEIGHTS},
+}
+
+
+def parse(command: str, args: list[str]) -> dict[str, Any]:
+    """``key=value`` arguments of ``command`` -> {key: typed value}; ``null`` / ``none`` give None."""
+    allowed = {**COMMON, **COMMANDS[command]}
+    if command == "preview":
+        allowed.pop("device")
+    out = {}
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in allowed:
+            raise SystemExit(
+                f"unknown argument {arg!r} for {command}; expected key=value, key in {sorted(allowed)}"
+            )
+        out[key] = None if value.lower() in ("null", "none") else allowed[key](value)
+    return out
+
+
+def _default_root() -> Path:
+    from train.data.benchmark import ensure_benchmark
+
+    return ensure_benchmark()
+
+
+def _default_cache() -> Path:
+    from train.data.benchmark import default_cache_dir
+
+    return default_cache_dir() / "deepaugment"
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        raise SystemExit(__doc__)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    command, kwargs = argv[0], parse(argv[0], argv[1:])
+    root = kwargs.pop("data.root", None) or _default_root()
+    if command == "pretrain":
+        split = kwargs.pop("split", "train")
+        cache = kwargs.pop("cache_dir", None) or _default_cache()
+        paths = ensure_pretrained(root / split, cache, **kwargs)
+        print(read_report(paths))
+        print(f"edsr_weights={paths['edsr']} cae_weights={paths['cae']}")
+        return
+    if "out" not in kwargs:
+        raise SystemExit(f"{command} needs out=<path>")
+    options = {k.removeprefix("pretrain."): kwargs.pop(k) for k in list(kwargs) if k.startswith("pretrain.")}
+    if not (kwargs.get("edsr_weights") and kwargs.get("cae_weights")):
+        cache = options.pop("cache_dir", None) or _default_cache()
+        paths = ensure_pretrained(root / "train", cache, device=kwargs.get("device"), **options)
+        kwargs["edsr_weights"] = kwargs.get("edsr_weights") or str(paths["edsr"])
+        kwargs["cae_weights"] = kwargs.get("cae_weights") or str(paths["cae"])
+    print((generate if command == "generate" else preview)(root, **kwargs))
+
+
+if __name__ == "__main__":
+    main()

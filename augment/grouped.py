@@ -1,0 +1,88 @@
+"""Run G differently perturbed copies of one network on G groups of a batch in one pass.
+
+A batch of ``m`` images is split into ``G = ceil(m / images_per_network)`` contiguous groups of equal size ``n``
+(the last one padded by repeating images whose outputs are dropped). Parameters that differ between groups are
+stacked to [G, ...]; parameters no group changed stay shared. ``torch.vmap`` over ``torch.func.functional_call``
+then folds the group dimension into the convolutions: a layer with stacked weights runs as one grouped convolution
+(groups folded into channels), a shared layer as one ordinary convolution over all G * n images.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+Weights = dict[str, Tensor]
+
+
+def group_layout(m: int, images_per_network: int) -> tuple[int, int]:
+    """(number of groups G, images per group n) for ``m`` images, with G * n >= m and n <= images_per_network."""
+    groups = max(1, math.ceil(m / images_per_network))
+    return groups, math.ceil(m / groups)
+
+
+def stack_weights(
+    base: Mapping[str, Tensor], variants: Sequence[Mapping[str, Tensor]]
+) -> tuple[Weights, Weights]:
+    """Stack per-group weight dicts: (weights, in_dims) for :func:`grouped_forward`.
+
+    A name whose tensor is the base tensor in every variant stays shared (in_dim None); any other name is stacked
+    to [G, ...] (in_dim 0).
+    """
+    weights, in_dims = {}, {}
+    for name, tensor in base.items():
+        if all(v[name] is tensor for v in variants):
+            weights[name], in_dims[name] = tensor, None
+        else:
+            weights[name], in_dims[name] = torch.stack([v[name] for v in variants]), 0
+    return weights, in_dims
+
+
+def grouped_forward(
+    net: nn.Module,
+    weights: Weights,
+    in_dims: Mapping[str, int | None],
+    x: Tensor,
+    per_sample: Any,
+    hooks: Callable[[Any], dict[str, Any]],
+) -> Tensor:
+    """Run ``net`` with group g's weights on ``x[g]``.
+
+    Args:
+        net: the network; its own parameters are ignored in favour of ``weights``.
+        weights, in_dims: from :func:`stack_weights`.
+        x: [G, n, ...] network input.
+        per_sample: pytree of tensors with leading dims [G, n] (per-sample perturbation parameters).
+        hooks: maps one group's ``per_sample`` slice (leading dim n) to keyword arguments of ``net.forward``.
+
+    Returns:
+        [G, n, ...] network output.
+    """
+
+    def one_group(w: Weights, xg: Tensor, ps: Any) -> Tensor:
+        return functional_call(net, w, (xg,), hooks(ps))
+
+    return vmap(one_group, in_dims=(dict(in_dims), 0, 0))(weights, x, per_sample)
+
+
+def per_sample_conv2d(x: Tensor, weight: Tensor, dilation: int = 1) -> Tensor:
+    """Convolve each sample with its own kernel, "same" padding: x [b, C, H, W], weight [b, O, C, k, k] -> [b, O, H, W].
+
+    The samples are folded into channels and run as one grouped convolution (groups=b).
+    """
+    b, c, h, w = x.shape
+    k = weight.shape[-1]
+    out = F.conv2d(
+        x.reshape(1, b * c, h, w),
+        weight.reshape(b * weight.shape[1], c, k, k),
+        padding=dilation * (k - 1) // 2,
+        dilation=dilation,
+        groups=b,
+    )
+    return out.reshape(b, -1, h, w)

@@ -1,0 +1,154 @@
+"""Noise2Net: random Res2Net blocks, x + eps * block(x), with fresh weights for every image at every step.
+
+Each selected image gets its own four Res2Net-style bottleneck blocks mapping 3 -> 3 channels (1x1 conv to
+``scale * hidden_planes`` channels + norm + ReLU, ``scale`` groups of which the first ``scale - 1`` go through
+hierarchical 3x3-or-1x1 convs with kernel K in {1, 3} and dilation D in {1, 2, 3}, each adding the previous
+group's output; 1x1 conv back to 3 channels + norm). Weights follow PyTorch's default conv initialisation
+(U(-1/sqrt(fan_in), 1/sqrt(fan_in))) and are drawn per image and step; K and D are drawn per image and conv.
+The reference's BatchNorm runs in train mode on the batch folded into channels, i.e. it normalises each image's
+channels over H, W with unit scale and zero shift -- exactly an instance norm, used here. Conv biases that feed
+a norm are cancelled by it and omitted.
+
+Value range: the reference applies it to ImageNet-normalised tensors (std ~1). Here images in [0, 1] are
+normalised with the ImageNet mean / std, perturbed exactly like the reference, mapped back and clamped to
+[0, 1]. In pixel units that is x + eps * std_c * block(...) with std_c ~ 0.226: the reference's max_eps = 0.75
+corresponds to ~0.17 of the [0, 1] range.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Generator, Tensor
+
+from augment.base import RandomAugmentation, check_images, check_probability
+from augment.grouped import per_sample_conv2d
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Per-sample hierarchical conv variants (kernel, dilation); K = 1 makes D irrelevant. Probabilities follow
+# K ~ U{1, 3}, D ~ U{1, 2, 3}: 1/2 for K = 1, 1/6 for each dilated 3x3.
+_CONV_VARIANTS = ((1, 1), (3, 1), (3, 2), (3, 3))
+_VARIANT_CUTS = torch.tensor([3, 4, 5])  # a U{0..5} draw below 3 -> K = 1, then D = 1, 2, 3
+
+
+def _uniform(shape: tuple[int, ...], fan_in: int, dev: Generator, like: Tensor) -> Tensor:
+    bound = fan_in**-0.5
+    return (2 * torch.rand(shape, generator=dev, device=like.device, dtype=like.dtype) - 1) * bound
+
+
+def _norm_relu(x: Tensor, relu: bool = True) -> Tensor:
+    x = F.instance_norm(x, eps=1e-5)
+    return F.relu(x) if relu else x
+
+
+class Noise2Net(RandomAugmentation):
+    """Per-sample Noise2Net on float images [B, 3, H, W] in [0, 1] (same shape/dtype/device out, clamped).
+
+    Args:
+        p: probability that an image is perturbed (reference: half of every batch).
+        max_eps: eps ~ U(max_eps / 2, max_eps) per image, in ImageNet-normalised units (reference: 0.75).
+        hidden_planes: channels per Res2Net group (reference: 16).
+        scale: number of Res2Net groups (reference: 4).
+        num_blocks: blocks applied in sequence (reference: 4).
+        seed: seed of the generators (see :mod:`augment.base`).
+    """
+
+    def __init__(
+        self,
+        p: float = 0.5,
+        max_eps: float = 0.75,
+        hidden_planes: int = 16,
+        scale: int = 4,
+        num_blocks: int = 4,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(seed)
+        self.p = check_probability(p, "p")
+        if float(max_eps) < 0:
+            raise ValueError(f"max_eps must be >= 0, got {max_eps}")
+        if int(hidden_planes) < 1 or int(scale) < 2 or int(num_blocks) < 1:
+            raise ValueError(
+                f"need hidden_planes >= 1, scale >= 2, num_blocks >= 1; got {hidden_planes}, {scale}, {num_blocks}"
+            )
+        self.max_eps = float(max_eps)
+        self.hidden_planes, self.scale, self.num_blocks = int(hidden_planes), int(scale), int(num_blocks)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, max_eps={self.max_eps}, hidden_planes={self.hidden_planes}, scale={self.scale}, seed={self.seed}"
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [B, 3, H, W] in [0, 1] -> same shape/dtype/device; a fraction ``p`` of the images perturbed."""
+        check_images(x, "Noise2Net")
+        host, _ = self.generators()
+        index = (torch.rand(x.shape[0], generator=host) < self.p).nonzero().flatten()
+        out = x.clone()
+        if len(index):
+            index = index.to(x.device, non_blocking=True)
+            out[index] = self._perturb(x[index].float()).to(x.dtype)
+        return out
+
+    def _perturb(self, x: Tensor) -> Tensor:
+        host, _ = self.generators()
+        m = x.shape[0]
+        eps = torch.rand(m, generator=host) * (self.max_eps / 2) + self.max_eps / 2
+        eps = eps.to(x.device, non_blocking=True).view(-1, 1, 1, 1)
+        z = (x - self.mean) / self.std
+        for _ in range(self.num_blocks):
+            z = z + eps * res2net_block(z, self.sample_block(m, z))
+        return (z * self.std + self.mean).clamp(0, 1)
+
+    def sample_block(self, m: int, like: Tensor) -> BlockParams:
+        """Draw fresh per-sample weights (and kernel sizes / dilations) of one block for ``m`` images."""
+        host, dev = self.generators()
+        width = self.hidden_planes
+        planes = width * self.scale
+        convs = []
+        for _ in range(self.scale - 1):
+            variant = torch.bucketize(torch.randint(0, 6, (m,), generator=host), _VARIANT_CUTS, right=True)
+            convs.append([])
+            for v, (k, dilation) in enumerate(_CONV_VARIANTS):
+                rows = (variant == v).nonzero().flatten()
+                if len(rows):
+                    weight = _uniform((len(rows), width, width, k, k), width * k * k, dev, like)
+                    convs[-1].append(ConvGroup(rows.to(like.device, non_blocking=True), weight, dilation))
+        expand = _uniform((m, planes, 3), 3, dev, like)
+        project = _uniform((m, 3, planes), planes, dev, like)
+        return BlockParams(expand, convs, project)
+
+
+class ConvGroup(NamedTuple):
+    """The samples ``rows`` of one hierarchical conv that share a kernel size and dilation."""
+
+    rows: Tensor  # [r] sample indices
+    weight: Tensor  # [r, width, width, k, k]
+    dilation: int
+
+
+class BlockParams(NamedTuple):
+    """Per-sample weights of one random Res2Net block for m images."""
+
+    expand: Tensor  # [m, scale * width, 3] 1x1 conv
+    convs: list[list[ConvGroup]]  # scale - 1 hierarchical convs
+    project: Tensor  # [m, 3, scale * width] 1x1 conv
+
+
+def res2net_block(z: Tensor, params: BlockParams) -> Tensor:
+    """Apply per-sample random Res2Net blocks: z [m, 3, H, W] -> [m, 3, H, W], each channel normalised per image."""
+    h = _norm_relu(torch.einsum("mchw,moc->mohw", z, params.expand))
+    splits = h.split(h.shape[1] // (len(params.convs) + 1), dim=1)
+    outs, sp = [], None
+    for split, groups in zip(splits[:-1], params.convs, strict=True):
+        sp = split if sp is None else sp + split
+        conv = torch.empty_like(sp)
+        for rows, weight, dilation in groups:
+            conv[rows] = per_sample_conv2d(sp[rows], weight, dilation)
+        sp = _norm_relu(conv)
+        outs.append(sp)
+    h = torch.cat([*outs, splits[-1]], dim=1)
+    return _norm_relu(torch.einsum("mchw,moc->mohw", h, params.project), relu=False)

@@ -1,0 +1,348 @@
+"""Built-in pretraining of the DeepAugment networks on the run's own training images (no download needed).
+
+EDSR learns x4 super-resolution (L1 loss on antialiased-bicubic-downscaled crops) and the CAE learns
+reconstruction (MSE through the stochastic binarisation, straight-through gradient). Each gets half of the time
+budget. The EDSR starts as a linear x4 upsampler -- head passing RGB through, tail two bilinear x2 pixel-shuffle
+stages -- with nearly-identity residual blocks, so from the first step it is close to bilinear upsampling and
+training adds detail. Quality is measured on held-out images: EDSR PSNR against bicubic upsampling of the same
+input, CAE reconstruction PSNR; both are written to ``report.json`` next to the checkpoints.
+
+Checkpoints are plain state dicts with the public names (``edsr_baseline_x4.pt``, ``model_final.state``),
+cached under ``cache_dir/<hash>/`` keyed by the image set (relative paths and sizes) and the settings, written
+atomically under a file lock so several processes can call :func:`ensure_pretrained` at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from filelock import FileLock
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from augment.images import list_images, load_images
+from augment.networks import CAE, EDSR
+from augment.networks.cae import MIN_SIZE as MIN_CAE_SIZE
+from augment.networks.edsr import DIV2K_RGB_MEAN, RGB_RANGE, downscale
+
+log = logging.getLogger(__name__)
+
+PRETRAIN_VERSION = 1
+EDSR_FILE, CAE_FILE, REPORT_FILE = "edsr_baseline_x4.pt", "model_final.state", "report.json"
+TARGET_GAIN_DB = 1.0  # EDSR should beat bicubic upsampling by at least this much on held-out images
+WARMUP_STEPS = 20  # keeps Adam's first steps from wrecking the fitted upsampler
+LINEAR_FIT_IMAGES = 512  # images for the least-squares linear upsampler the EDSR starts from
+
+
+def psnr(a: Tensor, b: Tensor) -> float:
+    """Mean per-image PSNR (dB) of [N, 3, H, W] images in [0, 1]."""
+    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return (-10 * mse.log10()).mean().item()
+
+
+def fit_linear_upsampler(images: Tensor, ridge: float = 1e-3) -> tuple[Tensor, Tensor]:
+    """Least-squares linear x4 upsampler with 3x3 low-resolution support, in EDSR's mean-shifted [0, 255] space.
+
+    Args:
+        images: uint8 [N, 3, S, S] high-resolution images (S divisible by 4).
+
+    Returns:
+        (weight [4, 4, 3, 3, 3, 3], bias [4, 4, 3]): for output phase (a, b) -- row 4y + a, column 4x + b -- and
+        output colour c, the 3x3 kernel over the 3 input colours of the low-resolution image, and the offset.
+    """
+    mean = RGB_RANGE * torch.tensor(DIV2K_RGB_MEAN).view(1, 3, 1, 1)
+    hr = images.float() - mean
+    lr = downscale(images.float() / 255) * RGB_RANGE - mean
+    n, _, h, w = lr.shape
+    x = F.unfold(lr, 3, padding=1).transpose(1, 2).reshape(-1, 27)
+    x = torch.cat([x, torch.ones(len(x), 1)], dim=1).double()
+    y = hr.view(n, 3, h, 4, w, 4).permute(0, 2, 4, 3, 5, 1).reshape(-1, 48).double()
+    solution = torch.linalg.solve(x.T @ x + ridge * torch.eye(28, dtype=x.dtype), x.T @ y).float()
+    return solution[:27].T.reshape(4, 4, 3, 3, 3, 3), solution[27].view(4, 4, 3)
+
+
+def init_edsr_upsampler(net: EDSR, weight: Tensor, bias: Tensor, block_scale: float = 0.1) -> EDSR:
+    """Make ``net`` start as the linear upsampler from :func:`fit_linear_upsampler` plus a small residual body.
+
+    The head copies the mean-shifted RGB to features 0-2. The first x2 tail stage computes, for each of its 4
+    sub-pixel phases (i1, j1), the 12 outputs (phase (i2, j2), colour c) of the 4 x4 pixels it covers; the
+    second stage routes them to their sub-pixels and the last conv reads features 0-2. The last conv of every
+    residual block and the final body conv are scaled by ``block_scale``.
+    """
+    stage1, stage2, last = net.tail[0][0], net.tail[0][2], net.tail[1]
+    with torch.no_grad():
+        for block in net.body[:-1]:
+            block.body[2].weight.mul_(block_scale)
+            block.body[2].bias.zero_()
+        net.body[-1].weight.mul_(block_scale)
+        net.body[-1].bias.zero_()
+        head = net.head[0]
+        head.weight[:3], head.bias[:3] = 0.0, 0.0
+        for conv in (stage1, stage2, last):
+            conv.weight.zero_()
+            conv.bias.zero_()
+        for c in range(3):
+            head.weight[c, c, 1, 1] = last.weight[c, c, 1, 1] = 1.0
+            for i1, j1, i2, j2 in itertools.product(range(2), repeat=4):
+                feature = 3 * (2 * i2 + j2) + c
+                stage1.weight[4 * feature + 2 * i1 + j1, :3] = weight[2 * i1 + i2, 2 * j1 + j2, c]
+                stage1.bias[4 * feature + 2 * i1 + j1] = bias[2 * i1 + i2, 2 * j1 + j2, c]
+                stage2.weight[4 * c + 2 * i2 + j2, feature, 1, 1] = 1.0
+    return net
+
+
+def init_cae_codec(net: CAE, levels: int = 10, sharpness: float = 40.0, block_scale: float = 0.1) -> CAE:
+    """Make ``net`` start as a working (blurry) codec, so short pretraining budgets still give faithful output.
+
+    Encoder: features 0-2 carry the mean colour of each 4x4 cell (2x2 averages in both strided convs) and the
+    code thermometer-encodes it: bit (c, t) = tanh(sharpness * (colour_c - (t + 0.5) / levels)), 3 * levels of
+    the 32 code channels. Decoder: the first conv turns the bits of colour c into the pre-activation that the
+    final tanh maps to the quantised colour, carried as LeakyReLU-safe positive / negative parts (features 2c,
+    2c + 1); transposed convs upsample by nearest neighbour and the remaining convs pass features through their
+    centre taps. Residual blocks keep their random first conv; their last conv is scaled by ``block_scale``.
+    Cells on the outer ring, which the decoder's unpadded convs drop, come out mid-grey.
+    """
+    grey = torch.tensor(0.45)
+    level = (torch.arange(levels + 1) / levels).clamp(max=0.98)
+    pre = torch.atanh(level) - torch.atanh(grey)  # pre-activation of the final tanh for n bits set
+    step = (pre[1:] - pre[:-1]) / 2  # bit b in {-1, 1} adds step * (b + 1)
+    leak = 1 + 0.01  # LeakyReLU(s) - LeakyReLU(-s) = 1.01 s
+    with torch.no_grad():
+        convs = [m for m in net.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)]
+        blocks = [net.e_block_1, net.e_block_2, net.e_block_3, net.d_block_1, net.d_block_2, net.d_block_3]
+        for conv in convs:
+            if not any(conv is block[1] or conv is block[4] for block in blocks):
+                conv.weight.zero_()
+                conv.bias.zero_()
+        for block in blocks:
+            block[4].weight.mul_(block_scale)
+            block[4].bias.zero_()
+        for c in range(3):
+            net.e_conv_1[1].weight[c, c, 1:3, 1:3] = net.e_conv_2[1].weight[c, c, 1:3, 1:3] = 0.25
+            for t in range(levels):
+                bit = c * levels + t
+                net.e_conv_3[0].weight[bit, c, 2, 2] = sharpness
+                net.e_conv_3[0].bias[bit] = -sharpness * (t + 0.5) / levels
+                net.d_up_conv_1[0].weight[2 * c, bit, 1, 1] = step[t]
+                net.d_up_conv_1[0].weight[2 * c + 1, bit, 1, 1] = -step[t]
+            net.d_up_conv_1[0].bias[2 * c] = pre[0] + step.sum()
+            net.d_up_conv_1[0].bias[2 * c + 1] = -(pre[0] + step.sum())
+            for sign in (0, 1):
+                f = 2 * c + sign
+                net.d_up_conv_1[3].weight[f, f] = net.d_up_conv_2[3].weight[f, f] = 1.0
+                net.d_up_conv_2[0].weight[f, f, 1, 1] = net.d_up_conv_3[0].weight[f, f, 1, 1] = 1.0
+                net.d_up_conv_3[3].weight[c, f, 1, 1] = (1 - 2 * sign) / leak
+            net.d_up_conv_3[3].bias[c] = torch.atanh(grey)
+    return net
+
+
+def _crops(images: Tensor, batch: int, patch: int, gen: torch.Generator) -> Iterator[Tensor]:
+    """Endless random batches of ``patch`` crops (multiple-of-4 offsets, random h-flips) from uint8 images."""
+    n, _, h, w = images.shape
+    while True:
+        idx = torch.randint(0, n, (batch,), generator=gen)
+        top = torch.randint(0, (h - patch) // 4 + 1, (1,), generator=gen).item() * 4
+        left = torch.randint(0, (w - patch) // 4 + 1, (1,), generator=gen).item() * 4
+        x = images[idx, :, top : top + patch, left : left + patch].float() / 255
+        flip = torch.rand(batch, generator=gen) < 0.5
+        yield torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def _fit(
+    net: nn.Module,
+    loss_fn: Callable[[nn.Module, Tensor], Tensor],
+    batches: Iterator[Tensor],
+    seconds: float,
+    lr: float,
+    device: torch.device,
+    bar: tqdm,
+    bar_offset: float,
+) -> int:
+    """Adam, linear warm-up over WARMUP_STEPS then cosine decay over ``seconds`` of wall time; returns the steps.
+
+    ``bar`` counts seconds; this phase moves it from ``bar_offset`` to ``bar_offset + seconds``.
+    """
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    start, steps = time.perf_counter(), 0
+    net.train()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        for group in opt.param_groups:
+            warmup = min(1.0, (steps + 1) / WARMUP_STEPS)
+            group["lr"] = lr * warmup * 0.5 * (1 + math.cos(math.pi * elapsed / seconds))
+        loss = loss_fn(net, next(batches).to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        steps += 1
+        bar.update(round(bar_offset + min(time.perf_counter() - start, seconds) - bar.n, 1))
+        bar.set_postfix_str(f"{type(net).__name__} loss {loss.item():.4f}")
+    net.eval()
+    return steps
+
+
+def _edsr_loss(net: nn.Module, hr: Tensor) -> Tensor:
+    return (net(downscale(hr)) - hr).abs().mean()
+
+
+def _cae_loss(net: nn.Module, x: Tensor) -> Tensor:
+    return (net(x) - x).pow(2).mean()
+
+
+@torch.no_grad()
+def evaluate(edsr: EDSR, cae: CAE, holdout: Tensor, seed: int = 0) -> dict[str, float]:
+    """Held-out PSNRs: EDSR x4 vs bicubic upsampling of the same downscaled input, and CAE reconstruction."""
+    device = next(edsr.parameters()).device
+    hr = holdout.to(device).float() / 255
+    lr = downscale(hr)
+    bicubic = F.interpolate(lr, size=hr.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+    noise = torch.rand(
+        (hr.shape[0], 32, hr.shape[-2] // 4, hr.shape[-1] // 4),
+        generator=torch.Generator().manual_seed(seed),
+    ).to(device)
+    edsr_psnr, bicubic_psnr = psnr(edsr(lr).clamp(0, 1), hr), psnr(bicubic, hr)
+    return {
+        "edsr_psnr": edsr_psnr,
+        "bicubic_psnr": bicubic_psnr,
+        "edsr_gain_db": edsr_psnr - bicubic_psnr,
+        "cae_psnr": psnr(cae(hr, noise=noise).clamp(0, 1), hr),
+    }
+
+
+def pretrain(
+    images: Tensor,
+    budget_s: float,
+    patch_size: int = 64,
+    cae_patch_size: int = 32,
+    batch_size: int = 8,
+    holdout: int = 64,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> tuple[EDSR, CAE, dict[str, float]]:
+    """Train EDSR and CAE on uint8 images [N, 3, S, S] for ``budget_s`` seconds in all; returns nets and report.
+
+    EDSR trains on ``patch_size`` crops, the CAE (about 3x the FLOPs per pixel) on ``cae_patch_size`` crops;
+    the last ``holdout`` images (at most N // 4) are held out for the report.
+    """
+    n, _, size, _ = images.shape
+    n_hold = min(holdout, n // 4)
+    if n_hold < 1:
+        raise ValueError(f"pretraining needs at least 4 images, got {n}")
+    train, hold = images[: n - n_hold], images[n - n_hold :]
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    edsr = init_edsr_upsampler(EDSR(), *fit_linear_upsampler(train[:LINEAR_FIT_IMAGES])).to(device)
+    cae = init_cae_codec(CAE()).to(device)
+    report: dict[str, float] = {"images": n - n_hold, "holdout_images": n_hold, "image_size": size}
+    edsr_crops = _crops(train, batch_size, min(patch_size, size) // 4 * 4, gen)
+    cae_crops = _crops(train, batch_size, max(MIN_CAE_SIZE, min(cae_patch_size, size) // 4 * 4), gen)
+    with tqdm(total=budget_s, unit="s", desc="pretrain DeepAugment nets", disable=not progress) as bar:
+        half = budget_s / 2
+        report["edsr_steps"] = _fit(edsr, _edsr_loss, edsr_crops, half, 5e-4, device, bar, 0.0)
+        report["cae_steps"] = _fit(cae, _cae_loss, cae_crops, half, 1e-3, device, bar, half)
+    report.update(evaluate(edsr, cae, hold, seed))
+    return edsr.cpu(), cae.cpu(), report
+
+
+def _cache_key(files: list[Path], root: Path, settings: dict) -> str:
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for f in files:
+        digest.update(f"{f.relative_to(root).as_posix()}\0{f.stat().st_size}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def _save_atomic(write: Callable[[str], None], path: Path) -> None:
+    """``write(tmp_path)`` then rename onto ``path``, so readers never see a partial file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def ensure_pretrained(
+    image_root: Path | str,
+    cache_dir: Path | str,
+    image_size: int = 64,
+    budget_s: float = 240.0,
+    max_images: int = 2048,
+    patch_size: int = 64,
+    cae_patch_size: int = 32,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Return {'edsr': path, 'cae': path} of checkpoints trained on ``image_root/<wnid>/*``, training if needed.
+
+    Args:
+        image_root: ImageNet-layout folder of training images (JPEG/PNG).
+        cache_dir: where checkpoints are cached, keyed by a hash of the image set and these settings.
+        image_size: images are loaded as centre crops of this side (the training resolution).
+        budget_s: wall-clock seconds of training for both networks together.
+        max_images: at most this many images (evenly spaced over the sorted list) are used.
+        patch_size, cae_patch_size: side of the random training crops of EDSR / the CAE.
+        seed: seed of the sampling and initialisation.
+        device: where to train (default: CUDA if available, else CPU).
+        progress: show a tqdm progress bar.
+    """
+    image_root, cache_dir = Path(image_root).expanduser(), Path(cache_dir).expanduser()
+    if image_size < 16 or image_size % 4:
+        raise ValueError(f"image_size must be a multiple of 4 and >= 16, got {image_size}")
+    if budget_s <= 0:
+        raise ValueError(f"budget_s must be > 0, got {budget_s}")
+    files = list_images(image_root)
+    if len(files) > max_images:
+        files = [files[i * len(files) // max_images] for i in range(max_images)]
+    settings = {
+        "version": PRETRAIN_VERSION,
+        "image_size": image_size,
+        "budget_s": budget_s,
+        "patch_size": patch_size,
+        "cae_patch_size": cae_patch_size,
+        "seed": seed,
+    }
+    entry = cache_dir / _cache_key(files, image_root, settings)
+    paths = {"edsr": entry / EDSR_FILE, "cae": entry / CAE_FILE}
+    entry.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(entry / ".lock")):
+        if (entry / REPORT_FILE).is_file():  # written last
+            return paths
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
+        images = load_images([files[i] for i in order], image_size)
+        edsr, cae, report = pretrain(
+            images, budget_s, patch_size, cae_patch_size, seed=seed, device=device, progress=progress
+        )
+        report.update(settings, device=str(device), image_root=str(image_root))
+        _save_atomic(lambda tmp: torch.save(edsr.state_dict(), tmp), paths["edsr"])
+        _save_atomic(lambda tmp: torch.save(cae.state_dict(), tmp), paths["cae"])
+        _save_atomic(lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)), entry / REPORT_FILE)
+        if report["edsr_gain_db"] < TARGET_GAIN_DB:
+            log.warning(
+                "pretrained EDSR beats bicubic by %.2f dB (< %.1f dB target); raise budget_s for a closer fit",
+                report["edsr_gain_db"],
+                TARGET_GAIN_DB,
+            )
+        log.info("DeepAugment pretraining: %s", report)
+    return paths
+
+
+def read_report(paths: dict[str, Path]) -> dict:
+    """The ``report.json`` written next to checkpoints returned by :func:`ensure_pretrained`."""
+    return json.loads((paths["edsr"].parent / REPORT_FILE).read_text())

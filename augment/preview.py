@@ -1,0 +1,60 @@
+"""A PNG grid to look at the augmentations: one row per image, columns clean | EDSR | CAE | Noise2Net."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from augment.deepaugment import DeepAugment
+from augment.images import list_images, load_images
+from augment.noise2net import Noise2Net
+
+COLUMNS = ("clean", "EDSR", "CAE", "Noise2Net")
+
+
+def preview_grid(images: torch.Tensor, edsr_weights: str, cae_weights: str, seed: int = 0) -> torch.Tensor:
+    """images [n, 3, S, S] in [0, 1] -> [n, 4, 3, S, S]: clean, EDSR, CAE and Noise2Net versions of each."""
+    edsr = DeepAugment(edsr_weights, cae_weights, p_edsr=1.0, p_cae=0.0, images_per_network=1, seed=seed)
+    cae = DeepAugment(edsr_weights, cae_weights, p_edsr=0.0, p_cae=1.0, images_per_network=1, seed=seed)
+    noise2net = Noise2Net(p=1.0, seed=seed)
+    return torch.stack([images, edsr(images), cae(images), noise2net(images)], dim=1)
+
+
+def save_grid(grid: torch.Tensor, path: Path, cell: int = 128) -> None:
+    """Write [n, k, 3, S, S] in [0, 1] as a PNG of n rows and k labelled columns, cells scaled to ``cell`` px."""
+    n, k = grid.shape[:2]
+    cells = F.interpolate(grid.flatten(0, 1), size=(cell, cell), mode="nearest")
+    array = (cells.clamp(0, 1) * 255).round().to(torch.uint8).view(n, k, 3, cell, cell)
+    array = array.permute(0, 3, 1, 4, 2).reshape(n * cell, k * cell, 3).numpy()
+    header = 16
+    canvas = Image.new("RGB", (k * cell, n * cell + header), "white")
+    canvas.paste(Image.fromarray(np.ascontiguousarray(array)), (0, header))
+    draw = ImageDraw.Draw(canvas)
+    for j, name in enumerate(COLUMNS[:k]):
+        draw.text((j * cell + 4, 2), name, fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+
+
+def preview(
+    data_root: Path | str,
+    out: Path | str,
+    edsr_weights: str,
+    cae_weights: str,
+    split: str = "train",
+    n: int = 8,
+    image_size: int = 64,
+    cell: int = 128,
+    seed: int = 0,
+) -> Path:
+    """Write the grid for ``n`` images spread over the classes of ``data_root/split`` to ``out``; returns ``out``."""
+    files = list_images(Path(data_root).expanduser() / split)
+    step = max(1, len(files) // n)
+    images = load_images(files[::step][:n], image_size).float() / 255
+    out = Path(out).expanduser()
+    save_grid(preview_grid(images, edsr_weights, cae_weights, seed), out, cell)
+    return out

@@ -1,0 +1,237 @@
+"""DeepAugment / Noise2Net speed, cost relative to a ResNet-50 step, and memory. Prints its ratios last.
+
+    python benchmarks/deepaugment.py                       # CPU, small batch: a few minutes
+    python benchmarks/deepaugment.py --device cuda --batch 64 --repeats 5
+
+1. Batched per-sample DeepAugment vs the reference procedure (one image per forward pass, network re-drawn
+   with probability 0.05 per image), same device and networks, 224 px output: images/s and ratio.
+2. Time of the augment step relative to a ResNet-50 training step (timm resnet50, random init,
+   forward + backward + SGD) on the same batch, next to the FLOP floor counted with torch.utils.flop_counter.
+   The per-batch cost of the reference mix (1/3 clean, 1/3 EDSR, 1/3 CAE) and of Noise2Net on half the batch is
+   p_edsr * t_edsr + p_cae * t_cae (and 0.5 * t_noise2net), each t timed with the whole batch on that path, so
+   small CPU batches add no routing noise.
+3. Peak extra memory of the augment step for a batch of 64 at 224 px with the default mix (CUDA
+   max_memory_allocated, or peak RSS above the pre-step RSS on CPU, sampled every 2 ms), in a fresh process.
+Speed does not depend on the weights, so the networks are randomly initialised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import multiprocessing as mp
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import timm
+import torch
+from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode
+
+from augment import CAE, EDSR, DeepAugment, Noise2Net, perturb_cae, perturb_edsr
+from augment.networks.edsr import downscale
+
+REDRAW_P = 0.05
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median seconds of ``fn`` over ``repeats`` runs after one warm-up run."""
+    fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def weight_files(root: Path) -> dict[str, str]:
+    torch.save(EDSR().state_dict(), root / "edsr.pt")
+    torch.save(CAE().state_dict(), root / "cae.state")
+    return {"edsr_weights": str(root / "edsr.pt"), "cae_weights": str(root / "cae.state")}
+
+
+def reference_procedure(aug: DeepAugment, kind: str, images: torch.Tensor) -> Callable[[], None]:
+    """One image per forward pass; the perturbed network is re-drawn with probability 0.05 per image."""
+    host, dev = aug.generators()
+    net = aug.edsr if kind == "edsr" else aug.cae
+    base = dict(net.named_parameters())
+
+    def draw() -> dict[str, torch.Tensor]:
+        if kind == "edsr":
+            return perturb_edsr.perturb_weights(base, aug.edsr_weight_options, host, dev)
+        return perturb_cae.perturb_weights(base, aug.cae_weight_options, host, dev)
+
+    weights = draw()
+
+    @torch.no_grad()
+    def run() -> None:
+        nonlocal weights
+        for x in images:
+            if torch.rand((), generator=host) < REDRAW_P:
+                weights = draw()
+            x = x[None]
+            if kind == "edsr":
+                x = downscale(x)
+                params, hooks = perturb_edsr.sample_activations(
+                    1, 64, x.shape[-2:], 17, aug.edsr_pre_options, aug.edsr_body_options, host, dev, x.dtype
+                )
+            else:
+                params, hooks = perturb_cae.sample_latent(
+                    1, (x.shape[-2] // 4, x.shape[-1] // 4), aug.cae_latent_options, host, dev, x.dtype
+                )
+            functional_call(net, weights, (x,), hooks(params)).clamp(0, 1)
+
+    return run
+
+
+def flops(fn: Callable[[], object]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def resnet_step(batch: torch.Tensor) -> Callable[[], None]:
+    model = timm.create_model("resnet50", num_classes=1000).to(batch.device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+    target = torch.randint(0, 1000, (batch.shape[0],), device=batch.device)
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(batch), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def flop_floor(size: int, cae_size: int | None) -> dict[str, float]:
+    """GFLOP per image: EDSR from size/4, CAE at cae_size (or size), Noise2Net, ResNet-50 train step."""
+    with torch.no_grad():
+        edsr = flops(lambda: EDSR()(torch.rand(1, 3, size // 4, size // 4))) / 1e9
+        side = cae_size or size
+        cae = flops(lambda: CAE()(torch.rand(1, 3, side, side))) / 1e9
+        n2n = flops(lambda: Noise2Net(p=1.0)(torch.rand(1, 3, size, size))) / 1e9
+    step = resnet_step(torch.rand(1, 3, size, size))
+    resnet = flops(step) / 1e9
+    return {"edsr": edsr, "cae": cae, "noise2net": n2n, "resnet50_step": resnet}
+
+
+def _memory_child(device: str, weights: dict[str, str], batch: int, size: int, queue: mp.Queue) -> None:
+    dev = torch.device(device)
+    aug = DeepAugment(**weights).to(dev)
+    x = torch.rand(batch, 3, size, size, device=dev)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
+        aug(x)
+        torch.cuda.synchronize(dev)
+        queue.put((torch.cuda.max_memory_allocated(dev) - base) / 2**20)
+        return
+    gc.collect()
+    process, peak, done = psutil.Process(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], process.memory_info().rss)
+            time.sleep(0.002)
+
+    base = process.memory_info().rss
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    aug(x)
+    done.set()
+    sampler.join()
+    queue.put((peak[0] - base) / 2**20)
+
+
+def peak_memory_mib(device: str, weights: dict[str, str], batch: int, size: int) -> float:
+    """Peak extra memory (MiB) of one DeepAugment step, measured in a fresh process."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_memory_child, args=(device, weights, batch, size, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=4, help="images per batch for the speed runs")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--images-per-network", type=int, default=16)
+    parser.add_argument("--cae-size", type=int, default=None)
+    parser.add_argument("--memory-batch", type=int, default=64, help="0 skips the memory measurement")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    weights = weight_files(Path(tempfile.mkdtemp()))
+    x = torch.rand(args.batch, 3, args.size, args.size, device=device)
+    ipn, cae_size = args.images_per_network, args.cae_size
+    print(f"device={device} batch={args.batch} size={args.size} images_per_network={ipn} cae_size={cae_size}")
+
+    speed, full = {}, {}
+    for kind, probs in (("edsr", (1.0, 0.0)), ("cae", (0.0, 1.0))):
+        aug = DeepAugment(
+            **weights, p_edsr=probs[0], p_cae=probs[1], images_per_network=ipn, cae_size=cae_size
+        )
+        aug = aug.to(device)
+        full[kind] = timed(lambda aug=aug: aug(x), device, args.repeats)
+        reference = timed(reference_procedure(aug, kind, x), device, args.repeats)
+        speed[kind] = (args.batch / full[kind], args.batch / reference)
+        print(f"{kind}: batched {speed[kind][0]:.2f} img/s, reference procedure {speed[kind][1]:.2f} img/s")
+    noise2net = Noise2Net(p=1.0).to(device)
+    full["noise2net"] = timed(lambda: noise2net(x), device, args.repeats)
+    t_mix, t_n2n = (full["edsr"] + full["cae"]) / 3, 0.5 * full["noise2net"]
+    t_resnet = timed(resnet_step(x), device, args.repeats)
+    gflop = flop_floor(args.size, cae_size)
+    floor_mix = (gflop["edsr"] + gflop["cae"]) / 3 / gflop["resnet50_step"]
+    floor_n2n = 0.5 * gflop["noise2net"] / gflop["resnet50_step"]
+    print("GFLOP per image: " + ", ".join(f"{k} {v:.2f}" for k, v in gflop.items()))
+    print(
+        f"seconds per batch: EDSR {full['edsr']:.3f}, CAE {full['cae']:.3f}, Noise2Net {full['noise2net']:.3f} "
+        f"(whole batch on each); ResNet-50 train step {t_resnet:.3f}"
+    )
+    for side in (args.size, args.size // 2):
+        g = gflop if side == (cae_size or args.size) else flop_floor(args.size, side)
+        for p in (1 / 3, 1 / 6):
+            floor = p * (g["edsr"] + g["cae"]) / g["resnet50_step"]
+            print(f"knob: cae_size={side} p_edsr=p_cae={p:.3f} -> FLOP floor {floor:.3f} of a ResNet-50 step")
+    if args.memory_batch:
+        memory = peak_memory_mib(args.device, weights, args.memory_batch, args.size)
+        kind = "CUDA max_memory_allocated" if device.type == "cuda" else "peak RSS growth"
+        print(
+            f"memory: DeepAugment step, batch {args.memory_batch} at {args.size} px: {memory:.0f} MiB ({kind})"
+        )
+
+    print("--- ratios ---")
+    for kind, (batched, reference) in speed.items():
+        print(f"{kind}: batched / reference procedure = {batched / reference:.2f}x")
+    for name, t, floor in (("DeepAugment mix", t_mix, floor_mix), ("Noise2Net on half", t_n2n, floor_n2n)):
+        print(
+            f"{name} / ResNet-50 step = {t / t_resnet:.3f} (FLOP floor {floor:.3f}: {t / t_resnet / floor:.2f}x floor)"
+        )
+
+
+if __name__ == "__main__":
+    main()

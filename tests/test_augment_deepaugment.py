@@ -1,0 +1,185 @@
+"""DeepAugment: grouped per-sample application, replayable randomness, the batch contract, identity when off."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_augment_networks import one_thread  # noqa: F401  (autouse fixture)
+from torch.func import functional_call
+from torch.utils._pytree import tree_map
+
+from augment import CAE, EDSR, DeepAugment, perturb_cae, perturb_edsr
+from augment.grouped import group_layout, grouped_forward, stack_weights
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Randomly initialised networks in the public checkpoint format (the mechanics do not need training)."""
+    root = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    torch.save(EDSR().state_dict(), root / "edsr.pt")
+    torch.save(CAE().state_dict(), root / "cae.state")
+    return {"edsr_weights": str(root / "edsr.pt"), "cae_weights": str(root / "cae.state")}
+
+
+def gens(seed: int) -> tuple[torch.Generator, torch.Generator]:
+    return torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed + 1)
+
+
+@pytest.mark.parametrize("kind", ["edsr", "cae"])
+def test_group_output_equals_ungrouped_forward_of_its_network(kind):
+    torch.manual_seed(0)
+    net = EDSR(n_feats=16) if kind == "edsr" else CAE()
+    host, dev = gens(1)
+    base = dict(net.named_parameters())
+    groups, n = 3, 2
+    size = 6 if kind == "edsr" else 16
+    x = torch.rand(groups * n, 3, size, size)
+    if kind == "edsr":
+        variants = [
+            perturb_edsr.perturb_weights(base, perturb_edsr.WEIGHT_OPTIONS, host, dev) for _ in range(groups)
+        ]
+        params, hooks = perturb_edsr.sample_activations(
+            groups * n,
+            16,
+            (size, size),
+            17,
+            perturb_edsr.PRE_OPTIONS,
+            perturb_edsr.BODY_OPTIONS,
+            host,
+            dev,
+            x.dtype,
+        )
+    else:
+        variants = [
+            perturb_cae.perturb_weights(base, perturb_cae.WEIGHT_OPTIONS, host, dev) for _ in range(groups)
+        ]
+        params, hooks = perturb_cae.sample_latent(
+            groups * n, (4, 4), perturb_cae.LATENT_OPTIONS, host, dev, x.dtype
+        )
+    stacked, in_dims = stack_weights(base, variants)
+    assert any(d == 0 for d in in_dims.values()) and any(d is None for d in in_dims.values())
+    grouped_params = tree_map(lambda t: t.unflatten(0, (groups, n)), params)
+    with torch.no_grad():
+        out = grouped_forward(net, stacked, in_dims, x.unflatten(0, (groups, n)), grouped_params, hooks)
+        for g in range(groups):
+            sl = tree_map(lambda t, g=g: t[g * n : (g + 1) * n], params)
+            ref = functional_call(net, variants[g], (x[g * n : (g + 1) * n],), hooks(sl))
+            torch.testing.assert_close(out[g], ref, atol=1e-5, rtol=1e-5)
+        other = functional_call(net, variants[1], (x[:n],), hooks(tree_map(lambda t: t[:n], params)))
+        assert (out[0] - other).abs().max() > 1e-3  # the groups' networks really differ
+
+
+def test_group_layout():
+    assert group_layout(1, 16) == (1, 1)
+    assert group_layout(16, 16) == (1, 16)
+    assert group_layout(21, 16) == (2, 11)
+    assert group_layout(85, 16) == (6, 15)
+    for m in range(1, 60):
+        g, n = group_layout(m, 8)
+        assert g * n >= m and n <= 8 and (g - 1) * n < m
+
+
+def test_copies_in_different_groups_differ_and_in_one_group_agree(weights):
+    aug = DeepAugment(
+        **weights,
+        p_edsr=1.0,
+        p_cae=0.0,
+        images_per_network=2,
+        edsr_pre_options=(),
+        edsr_body_options=(),
+        seed=2,
+    )
+    x = torch.rand(1, 3, 12, 12).expand(4, -1, -1, -1).contiguous()
+    out = aug(x)
+    torch.testing.assert_close(out[0], out[1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[2], out[3], atol=1e-6, rtol=0)
+    assert (out[0] - out[2]).abs().max() > 1e-3
+    per_sample = DeepAugment(
+        **weights, p_edsr=1.0, p_cae=0.0, images_per_network=2, edsr_weight_options=(), seed=2
+    )
+    out = per_sample(x)  # activation perturbations are per image even within a group
+    assert (out[0] - out[1]).abs().max() > 1e-3 or (out[2] - out[3]).abs().max() > 1e-3
+
+
+def test_routes_fraction_shape_dtype_range_and_no_grad(weights):
+    aug = DeepAugment(**weights, images_per_network=8, seed=0)
+    x = torch.rand(30, 3, 12, 12, dtype=torch.float64, requires_grad=True)
+    out = aug(x)
+    assert out.shape == x.shape and out.dtype == torch.float64 and out.device == x.device
+    assert not out.requires_grad and all(not p.requires_grad for p in aug.parameters())
+    assert out.min() >= 0 and out.max() <= 1
+    clean = (out == x).flatten(1).all(1)
+    assert 4 <= clean.sum() <= 17  # 1/3 of 30 stay clean
+    assert DeepAugment(**weights, p_edsr=0.0, p_cae=0.0)(x).equal(x.detach())
+    x32 = torch.rand(3, 3, 12, 20)
+    assert aug(x32).shape == x32.shape  # non-square
+
+
+def test_same_seed_same_output_and_rng_state_replays(weights):
+    x = torch.rand(12, 3, 16, 16)
+    a, b = (
+        DeepAugment(**weights, seed=7, images_per_network=4),
+        DeepAugment(**weights, seed=7, images_per_network=4),
+    )
+    first = a(x)
+    assert torch.equal(first, b(x))
+    assert not torch.equal(DeepAugment(**weights, seed=8, images_per_network=2)(x), first)
+    state = a.get_rng_state()
+    second = a(x)
+    assert not torch.equal(second, first)
+    a.set_rng_state(state)
+    assert torch.equal(a(x), second)
+
+
+def test_cae_size_runs_the_cae_at_a_lower_resolution(weights):
+    aug = DeepAugment(
+        **weights, p_edsr=0.0, p_cae=1.0, cae_size=12, cae_latent_options=(), cae_weight_options=()
+    )
+    x = torch.rand(2, 3, 24, 36)
+    out = aug(x)
+    assert out.shape == x.shape
+    # detail finer than the 12 px CAE resolution is gone: the output is smooth at pixel scale
+    assert (out[..., 1:] - out[..., :-1]).abs().mean() < (x[..., 1:] - x[..., :-1]).abs().mean()
+
+
+def test_clear_errors(weights, tmp_path: Path):
+    with pytest.raises(ValueError, match="edsr_weights"):
+        DeepAugment(cae_weights=weights["cae_weights"])
+    with pytest.raises(FileNotFoundError, match="pretrain"):
+        DeepAugment(edsr_weights=str(tmp_path / "missing.pt"), p_cae=0.0)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        DeepAugment(**weights)(torch.rand(2, 3, 18, 16))
+    with pytest.raises(ValueError, match="edsr_weight_options"):
+        DeepAugment(**weights, edsr_weight_options=(17,))
+    with pytest.raises(ValueError, match="at least 12 px"):
+        DeepAugment(**weights, p_edsr=0.0, p_cae=1.0)(torch.rand(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="p_edsr \\+ p_cae"):
+        DeepAugment(**weights, p_edsr=0.7, p_cae=0.7)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        torch.save({"x": torch.zeros(1)}, tmp_path / "bad.pt")
+        DeepAugment(edsr_weights=str(tmp_path / "bad.pt"), p_cae=0.0)
+
+
+def test_generator_follows_the_module_and_state_checks_device(weights):
+    aug = DeepAugment(**weights, seed=0).to(torch.float64)
+    host, dev = aug.generators()
+    assert host.device.type == "cpu" and dev.device.type == "cpu"
+    out = aug(torch.rand(3, 3, 12, 12, dtype=torch.float64))
+    assert out.dtype == torch.float64
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_device_generator_dtype_and_replay(weights):
+    aug = DeepAugment(**weights, seed=0, images_per_network=4).cuda()
+    x = torch.rand(12, 3, 32, 32, device="cuda", dtype=torch.bfloat16)
+    state = aug.get_rng_state()
+    out = aug(x)
+    assert out.device == x.device and out.dtype == x.dtype and aug.generators()[1].device.type == "cuda"
+    aug.set_rng_state(state)
+    assert torch.equal(aug(x), out)
+    cpu_state = DeepAugment(**weights).get_rng_state()
+    with pytest.raises(ValueError, match="set_rng_state"):
+        aug.set_rng_state(cpu_state)

@@ -1,0 +1,119 @@
+"""Noise2Net: per-sample random Res2Net blocks against an independent per-image reference, eps, randomness."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_augment_networks import one_thread  # noqa: F401  (autouse fixture)
+from torch import nn
+
+from augment import Noise2Net
+from augment.noise2net import IMAGENET_STD, res2net_block
+
+
+def reference_block(z: torch.Tensor, params, s: int) -> torch.Tensor:
+    """Sample ``s`` through the reference's Bottle2neck (convs + BatchNorm2d in train mode, batch of one)."""
+    planes = params.expand.shape[1]
+    width = planes // (len(params.convs) + 1)
+    conv1 = nn.Conv2d(3, planes, 1, bias=False)
+    conv1.weight.data = params.expand[s].view(planes, 3, 1, 1)
+    out = torch.relu(nn.BatchNorm2d(planes).train()(conv1(z[s : s + 1])))
+    spx = torch.split(out, width, 1)
+    outs, sp = [], None
+    for i, groups in enumerate(params.convs):
+        sp = spx[i] if sp is None else sp + spx[i]
+        (group,) = [g for g in groups if s in g.rows.tolist()]
+        k = group.weight.shape[-1]
+        conv = nn.Conv2d(width, width, k, padding=(k - 1) // 2 * group.dilation, dilation=group.dilation)
+        conv.weight.data = group.weight[group.rows.tolist().index(s)]
+        sp = torch.relu(nn.BatchNorm2d(width).train()(conv(sp)))  # the conv bias is removed by the norm
+        outs.append(sp)
+    conv3 = nn.Conv2d(planes, 3, 1, bias=False)
+    conv3.weight.data = params.project[s].view(3, planes, 1, 1)
+    return nn.BatchNorm2d(3).train()(conv3(torch.cat([*outs, spx[-1]], 1)))[0]
+
+
+def test_block_matches_reference_bottle2neck_per_sample():
+    aug = Noise2Net(seed=3)
+    z = torch.randn(12, 3, 10, 9)
+    params = aug.sample_block(12, z)
+    out = res2net_block(z, params)
+    assert out.shape == z.shape
+    kinds = {(g.weight.shape[-1], g.dilation) for conv in params.convs for g in conv}
+    assert len(kinds) >= 3  # kernel size / dilation really vary between samples
+    with torch.no_grad():
+        for s in range(12):
+            torch.testing.assert_close(out[s], reference_block(z, params, s), atol=1e-4, rtol=1e-4)
+
+
+def test_weights_are_fresh_default_init_per_sample_and_step():
+    aug = Noise2Net(seed=0)
+    like = torch.zeros(1)
+    a, b = aug.sample_block(64, like), aug.sample_block(64, like)
+    assert not torch.equal(a.expand, b.expand) and not torch.equal(a.expand[0], a.expand[1])
+    bound = 3**-0.5  # kaiming_uniform(a=sqrt(5)) of a 1x1 conv with 3 inputs: U(-1/sqrt(3), 1/sqrt(3))
+    assert a.expand.abs().max() <= bound and a.expand.abs().max() > 0.95 * bound
+    assert a.project.abs().max() <= 64**-0.5
+    for conv in a.convs:
+        assert sorted(torch.cat([g.rows for g in conv]).tolist()) == list(range(64))
+        for g in conv:
+            assert g.weight.abs().max() <= (16 * g.weight.shape[-1] ** 2) ** -0.5
+    k1 = sum(len(g.rows) for conv in a.convs for g in conv if g.weight.shape[-1] == 1)
+    assert 0.35 < k1 / (64 * 3) < 0.65  # K = 1 with probability 1/2
+
+
+def test_eps_in_range_and_rescaled_by_imagenet_std():
+    aug = Noise2Net(p=1.0, max_eps=0.1, num_blocks=1, seed=1)
+    x = 0.5 + 0.05 * torch.rand(16, 3, 24, 24)
+    out = aug(x)
+    assert out.min() > 0 and out.max() < 1  # no clamping for this input
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    delta = (out - x) / std  # eps * block(z): block output has zero mean, unit variance per channel
+    eps = delta.flatten(2).std(-1, unbiased=False)
+    assert torch.allclose(eps, eps[:, :1].expand_as(eps), atol=1e-4)  # one eps per image
+    assert eps.min() >= 0.05 - 1e-4 and eps.max() <= 0.1 + 1e-4 and eps.std() > 0.005
+    torch.testing.assert_close(delta.flatten(2).mean(-1), torch.zeros(16, 3), atol=1e-5, rtol=0)
+
+
+def test_fraction_shape_dtype_range_and_no_grad():
+    aug = Noise2Net(p=0.5, seed=0)
+    x = torch.rand(64, 3, 16, 16, dtype=torch.float64, requires_grad=True)
+    out = aug(x)
+    assert out.shape == x.shape and out.dtype == torch.float64 and not out.requires_grad
+    assert out.min() >= 0 and out.max() <= 1
+    changed = (out != x).flatten(1).any(1)
+    assert 16 <= changed.sum() <= 48
+    assert torch.equal(out[~changed], x.detach()[~changed])
+    assert Noise2Net(p=0.0)(x).equal(x.detach())
+
+
+def test_same_seed_same_output_and_rng_state_replays():
+    x = torch.rand(8, 3, 16, 16)
+    a, b = Noise2Net(seed=5), Noise2Net(seed=5)
+    assert torch.equal(a(x), b(x))
+    assert not torch.equal(Noise2Net(seed=6)(x), Noise2Net(seed=5)(x))
+    state = a.get_rng_state()
+    first = a(x)
+    assert not torch.equal(a(x), first)
+    a.set_rng_state(state)
+    assert torch.equal(a(x), first)
+    with pytest.raises(ValueError, match="set_rng_state"):
+        a.set_rng_state(state[:10])
+
+
+def test_bad_input_is_rejected_with_a_clear_error():
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        Noise2Net()(torch.rand(3, 16, 16))
+    with pytest.raises(ValueError, match="probability"):
+        Noise2Net(p=1.5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_device_and_dtype():
+    aug = Noise2Net(p=1.0, seed=0).cuda()
+    x = torch.rand(4, 3, 32, 32, device="cuda", dtype=torch.float16)
+    out = aug(x)
+    assert out.device == x.device and out.dtype == x.dtype and aug.generators()[1].device.type == "cuda"
+    state = aug.get_rng_state()
+    aug.set_rng_state(state)
+    assert torch.equal(aug(x), out)

@@ -1,0 +1,161 @@
+"""Built-in pretraining (cache, lock, public format, reconstruction), offline generation, preview and CLI."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from test_augment_networks import one_thread  # noqa: F401  (autouse fixture)
+
+import augment.pretrain
+from augment import CAE, EDSR, DeepAugment
+from augment.__main__ import main
+from augment.generate import generate, resized_shape, shard_files
+from augment.images import list_images, load_images
+from augment.networks.edsr import downscale
+from augment.pretrain import ensure_pretrained, psnr, read_report
+from augment.preview import COLUMNS, preview
+
+BUDGET_S = 16.0  # test pretraining: 8 s EDSR + 8 s CAE at 32 px on 2 CPU cores
+# Reconstruction tolerances reached with that budget (all perturbations off, held-out photo crops):
+EDSR_VS_BICUBIC_DB = -1.0  # the EDSR starts as a least-squares linear upsampler, close to bicubic
+CAE_MIN_PSNR_DB = 10.0  # a few CAE steps; an untrained CAE gives ~5-8 dB on these crops
+
+
+def write_photo_crops(root: Path, classes: int = 3, per_class: int = 6, seed: int = 0) -> None:
+    """ImageNet layout ``root/<wnid>/<wnid>_<i>.JPEG``: random crops of scikit-image photos, mixed sizes."""
+    photos = [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee(), skimage.data.rocket()]
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        folder = root / f"n{c:08d}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            photo = photos[(c + i) % len(photos)]
+            h, w = int(rng.integers(36, 64)), int(rng.integers(36, 64))
+            top, left = rng.integers(0, photo.shape[0] - 3 * h), rng.integers(0, photo.shape[1] - 3 * w)
+            crop = Image.fromarray(photo[top : top + 3 * h, left : left + 3 * w]).resize(
+                (w, h), Image.BICUBIC
+            )
+            crop.save(folder / f"n{c:08d}_{i}.JPEG", quality=95)
+
+
+@pytest.fixture(scope="module")
+def image_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("imagenet")
+    write_photo_crops(root / "train")
+    write_photo_crops(root / "val", classes=3, per_class=2, seed=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pretrained(image_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    cache = tmp_path_factory.mktemp("cache")
+    return ensure_pretrained(image_root / "train", cache, image_size=32, budget_s=BUDGET_S, progress=False)
+
+
+def test_pretraining_writes_public_format_checkpoints_and_a_report(pretrained):
+    assert pretrained["edsr"].name == "edsr_baseline_x4.pt" and pretrained["cae"].name == "model_final.state"
+    EDSR().load_state_dict(torch.load(pretrained["edsr"], weights_only=True), strict=True)
+    CAE().load_state_dict(torch.load(pretrained["cae"], weights_only=True), strict=True)
+    report = read_report(pretrained)
+    assert report["edsr_steps"] >= 1 and report["cae_steps"] >= 1 and report["budget_s"] == BUDGET_S
+    assert report["edsr_gain_db"] == pytest.approx(report["edsr_psnr"] - report["bicubic_psnr"])
+    assert report["images"] + report["holdout_images"] == 18
+    assert report["edsr_gain_db"] > EDSR_VS_BICUBIC_DB and report["cae_psnr"] > CAE_MIN_PSNR_DB
+
+
+def test_identity_when_all_perturbations_are_off(pretrained, image_root):
+    x = load_images(list_images(image_root / "val"), 32).float() / 255
+    off = {"edsr_weight_options": (), "edsr_pre_options": (), "edsr_body_options": ()}
+    off |= {"cae_weight_options": (), "cae_latent_options": ()}
+    weights = {"edsr_weights": str(pretrained["edsr"]), "cae_weights": str(pretrained["cae"])}
+    edsr = DeepAugment(**weights, p_edsr=1.0, p_cae=0.0, **off)(x)
+    bicubic = F.interpolate(downscale(x), size=(32, 32), mode="bicubic").clamp(0, 1)
+    assert psnr(edsr, x) > psnr(bicubic, x) + EDSR_VS_BICUBIC_DB
+    cae = DeepAugment(**weights, p_edsr=0.0, p_cae=1.0, **off)(x)
+    assert psnr(cae, x) > CAE_MIN_PSNR_DB
+    assert psnr(cae, x) > psnr(x.mean((2, 3), keepdim=True).expand_as(x), x) - 3  # not just a flat colour
+
+
+def test_cache_hit_new_key_for_new_data_and_one_training_under_concurrency(
+    pretrained, image_root, tmp_path, monkeypatch
+):
+    stamp = pretrained["edsr"].stat().st_mtime_ns
+    cache = pretrained["edsr"].parent.parent
+    again = ensure_pretrained(image_root / "train", cache, image_size=32, budget_s=BUDGET_S, progress=False)
+    assert again == pretrained and pretrained["edsr"].stat().st_mtime_ns == stamp
+
+    calls = []
+    real = augment.pretrain.pretrain
+    monkeypatch.setattr(augment.pretrain, "pretrain", lambda *a, **k: calls.append(1) or real(*a, **k))
+    other = tmp_path / "other"
+    write_photo_crops(other, classes=2, per_class=4, seed=5)
+    results = []
+
+    def call() -> None:
+        results.append(ensure_pretrained(other, cache, image_size=32, budget_s=1.0, progress=False))
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert (
+        len(calls) == 1
+        and results[0] == results[1]
+        and results[0]["edsr"].parent != pretrained["edsr"].parent
+    )
+    assert not list(results[0]["edsr"].parent.glob("*.tmp"))
+
+
+def test_generate_shards_resumes_and_writes_reference_layout(pretrained, image_root, tmp_path):
+    weights = {"edsr_weights": str(pretrained["edsr"]), "cae_weights": str(pretrained["cae"])}
+    files = list_images(image_root / "train")
+    halves = [shard_files(files, i, 2, "class") for i in range(2)]
+    assert sorted(halves[0] + halves[1]) == files and not set(halves[0]) & set(halves[1])
+    assert {f.parent.name for f in halves[0]}.isdisjoint({f.parent.name for f in halves[1]})
+    assert resized_shape(50, 52, 16) == (16, 16) and resized_shape(40, 61, 16) == (16, 24)
+    assert resized_shape(50, 52, 16) == (16, 16) and resized_shape(40, 61, 16) == (16, 24)
+    by_file = [shard_files(files, i, 3, "file") for i in range(3)]
+    assert sorted(f for shard in by_file for f in shard) == files
+
+    out = tmp_path / "out"
+    kwargs = {"size": 16, "batch_size": 4, "workers": 0, "progress": False, **weights}
+    for i in range(2):
+        assert generate(image_root, out, shard=i, num_shards=2, **kwargs) == {
+            "written": len(halves[i]),
+            "skipped": 0,
+        }
+    for f in files:
+        for d in ("EDSR", "CAE"):
+            with Image.open(out / d / f.parent.name / f.name) as img, Image.open(f) as src:
+                assert img.format == "JPEG" and img.size[::-1] == resized_shape(src.height, src.width, 16)
+    assert not list(out.rglob("*.tmp"))
+    assert generate(image_root, out, shard=0, num_shards=2, **kwargs) == {
+        "written": 0,
+        "skipped": len(halves[0]),
+    }
+    (out / "CAE" / halves[1][0].parent.name / halves[1][0].name).unlink()
+    assert generate(image_root, out, shard=1, num_shards=2, **kwargs)["written"] == 1
+
+
+def test_preview_grid_and_cli(pretrained, image_root, tmp_path):
+    weights = [f"edsr_weights={pretrained['edsr']}", f"cae_weights={pretrained['cae']}"]
+    out = preview(
+        image_root, tmp_path / "p.png", str(pretrained["edsr"]), str(pretrained["cae"]), n=3, cell=32
+    )
+    with Image.open(out) as img:
+        assert img.size == (len(COLUMNS) * 32, 3 * 32 + 16)
+        grid = np.asarray(img.convert("RGB"))
+    first = load_images(list_images(image_root / "train")[:1], 64)[0].permute(1, 2, 0).numpy()
+    assert np.abs(grid[16:48, :32].astype(int) - first[::2, ::2].astype(int)).max() <= 1  # clean column
+    main(["preview", f"data.root={image_root}", f"out={tmp_path / 'cli.png'}", "n=2", "cell=16", *weights])
+    assert (tmp_path / "cli.png").is_file()
+    with pytest.raises(SystemExit, match="unknown argument"):
+        main(["preview", "colour=red"])
