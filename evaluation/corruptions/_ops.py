@@ -223,8 +223,7 @@ def plasma_fractal(
 
 def luminance(x: Tensor) -> Tensor:
     """ITU-R 601 luma [B, 1, H, W] of RGB [B, 3, H, W] (OpenCV's RGB2GRAY)."""
-    weights = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype)
-    return torch.einsum("bchw,c->bhw", x, weights).unsqueeze(1)
+    return (0.299 * x[:, :1]).add_(x[:, 1:2], alpha=0.587).add_(x[:, 2:3], alpha=0.114)
 
 
 def adjust_hsv(x: Tensor, channel: int, factor: float, shift: float) -> Tensor:

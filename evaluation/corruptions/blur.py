@@ -75,7 +75,9 @@ def zoom_blur(x: Tensor, severity: int, generator: torch.Generator | None, scale
     return ((x + zoom_layers(x, factors)) / (len(factors) + 1)).clamp_(0, 1)
 
 
-def shuffle_sources(batch: int, height: int, width: int, max_delta: int, like: Tensor, generator) -> Tensor:
+def shuffle_sources(
+    batch: int, height: int, width: int, max_delta: int, like: Tensor, generator: torch.Generator | None
+) -> Tensor:
     """Flat source index [B, H * W] of every pixel after one sweep of the reference's local shuffle.
 
     The reference visits pixels from bottom-right to top-left (skipping a ``max_delta`` border)

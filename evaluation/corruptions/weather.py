@@ -37,13 +37,8 @@ SNOW = (
     (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55),
 )
 FROST = ((1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75))  # image weight, frost weight
-FROST_FILES = (
-    "frost1.png",
-    "frost2.png",
-    "frost3.png",
-    "frost4.jpg",
-    "frost5.jpg",
-)  # ImageNet-C uses these 5
+# ImageNet-C draws from these five (imagecorruptions also ships and draws frost6.jpg)
+FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg")
 FOG = ((1.5, 2), (2.0, 2), (2.5, 1.7), (2.5, 1.5), (3.0, 1.4))  # fog amount, fractal decay
 BRIGHTNESS = (0.1, 0.2, 0.3, 0.4, 0.5)
 
