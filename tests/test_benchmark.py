@@ -233,7 +233,8 @@ def test_cache_dir_from_env(tmp_path, monkeypatch):
     monkeypatch.setenv(bm.CACHE_ENV, str(tmp_path))
     assert bm.benchmark_dir() == tmp_path / f"benchmark-v{bm.BENCHMARK_VERSION}-seed0"
     assert (
-        bm.benchmark_dir(tmp_path / "x", seed=2, image_size=96) == tmp_path / "x" / "benchmark-v1-seed2-px96"
+        bm.benchmark_dir(tmp_path / "x", seed=2, image_size=96)
+        == tmp_path / "x" / f"benchmark-v{bm.BENCHMARK_VERSION}-seed2-px96"
     )
 
 

@@ -90,10 +90,11 @@ def _draw_object(
     center: tuple[float, float],
     radius: float,
     domain: Domain,
+    backdrop: float,
 ) -> np.ndarray:
     size = image.shape[0]
     mask = shape_mask(shape, size, center, radius, **_pose(rng))
-    base, shade = object_palette(rng, style[1], domain.hue_jitter, domain.value_shift)
+    base, shade = object_palette(rng, style[1], domain.hue_jitter, domain.value_shift, backdrop)
     image = composite(image, fill(texture(rng, TEXTURES[style[0]], size), base, shade), mask)
     if rng.random() < 0.5:
         line = hsv(0.0, 0.0, rng.choice([0.05, 0.95]))
@@ -130,11 +131,13 @@ def natural(
         if any; empty when the image was made deliberately ambiguous).
     """
     image = background(rng, size, domain.value_shift)
+    backdrop = float(image.max(-1).mean())  # HSV value of the background; objects keep away from it
     image = _clutter(rng, image, domain.clutter // 2)
     radius = rng.uniform(*domain.radius) * size
     center = _place(rng, size, radius)
-    present = [label]
-    second = None
+    ambiguous = rng.random() < domain.ambiguous_prob
+    tiny = ambiguous and rng.random() < 0.5
+    objects = [(shape or CLASS_SHAPES[label], label, center, 0.06 * size if tiny else radius)]
     if rng.random() < domain.second_prob:
         other = int(rng.choice([c for c in range(NUM_CLASSES) if c != label]))
         r2 = radius * rng.uniform(0.45, 0.7)
@@ -142,39 +145,14 @@ def natural(
             (_place(rng, size, r2) for _ in range(4)),
             key=lambda c: np.hypot(c[0] - center[0], c[1] - center[1]),
         )
-        second = (other, c2, r2)
-        present.append(other)
-    ambiguous = rng.random() < domain.ambiguous_prob
-    tiny = ambiguous and rng.random() < 0.5
-    if tiny:
-        radius = 0.06 * size
-    if second is not None and rng.random() < 0.5:
-        image = _draw_object(
-            rng,
-            image,
-            CLASS_SHAPES[second[0]],
-            _pick_style(rng, second[0], domain),
-            second[1],
-            second[2],
-            domain,
-        )
-        second = None
-    image = _draw_object(
-        rng, image, shape or CLASS_SHAPES[label], _pick_style(rng, label, domain), center, radius, domain
-    )
-    if second is not None:
-        image = _draw_object(
-            rng,
-            image,
-            CLASS_SHAPES[second[0]],
-            _pick_style(rng, second[0], domain),
-            second[1],
-            second[2],
-            domain,
-        )
+        objects.insert(int(rng.integers(2)), (CLASS_SHAPES[other], other, c2, r2))  # behind or in front
+    for obj_shape, obj_label, obj_center, obj_radius in objects:
+        style = _pick_style(rng, obj_label, domain)
+        image = _draw_object(rng, image, obj_shape, style, obj_center, obj_radius, domain, backdrop)
     if ambiguous and not tiny:
         image = _occlude(rng, image, center, radius)
     image = _clutter(rng, image, domain.clutter - domain.clutter // 2)
+    present = [label, *(obj[1] for obj in objects if obj[1] != label)]
     return to_uint8(image), [] if ambiguous else present
 
 

@@ -79,7 +79,11 @@ def hsv(h: float, s: float, v: float) -> np.ndarray:
 
 
 def object_palette(
-    rng: np.random.Generator, hue: float, jitter: float = 0.03, value_shift: float = 0.0
+    rng: np.random.Generator,
+    hue: float,
+    jitter: float = 0.03,
+    value_shift: float = 0.0,
+    backdrop: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Two colours of the same hue for a textured object: a saturated base and a darker or paler shade.
 
@@ -87,15 +91,26 @@ def object_palette(
         hue: hue index in [0, N_HUES) (fractional values allowed).
         jitter: standard deviation of the hue noise, in fractions of the hue circle.
         value_shift: added to the HSV value of both colours (a global brightness shift).
+        backdrop: HSV value of the background, if the base colour should keep >= 0.25 away from it.
     """
     h = hue / N_HUES + rng.normal(0.0, jitter)
-    s, v = rng.uniform(0.6, 1.0), rng.uniform(0.55, 1.0) + value_shift
+    s, v = rng.uniform(0.6, 1.0), _value(rng, backdrop) + value_shift
     base = hsv(h, s, v)
     if rng.random() < 0.5:
         shade = hsv(h, s, v * rng.uniform(0.2, 0.45))
     else:
         shade = hsv(h, s * rng.uniform(0.15, 0.4), min(1.0, v + 0.25))
     return base, shade
+
+
+def _value(rng: np.random.Generator, backdrop: float | None, lo: float = 0.4, gap: float = 0.25) -> float:
+    """Uniform in [lo, 1] outside (backdrop - gap, backdrop + gap); the gap is narrower than [lo, 1]."""
+    if backdrop is None:
+        return float(rng.uniform(lo + 0.15, 1.0))
+    below = max(0.0, min(1.0, backdrop - gap) - lo)
+    above_start = max(lo, backdrop + gap)
+    u = rng.uniform(0.0, below + max(0.0, 1.0 - above_start))
+    return lo + u if u < below else above_start + u - below
 
 
 def fill(t: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -48,7 +48,7 @@ from tqdm import tqdm
 from ._scenes import NUM_CLASSES, RENDITIONS, Domain, natural, rendition, sketch
 from ._shapes import CLASS_SHAPES, OOD_SHAPES
 
-BENCHMARK_VERSION = 1
+BENCHMARK_VERSION = 2
 CACHE_ENV = "SIGROB_CACHE_DIR"
 MANIFEST = "MANIFEST.json"
 WNIDS: tuple[str, ...] = tuple(f"n{90000000 + i:08d}" for i in range(NUM_CLASSES))
@@ -74,6 +74,7 @@ CORRUPTIONS: tuple[str, ...] = (
 
 _V2 = "imagenetv2-{}-format-val"
 _TRAIN = Domain()
+_SINGLE = replace(_TRAIN, second_prob=0.0, ambiguous_prob=0.0)  # one object, never ambiguous (A, O)
 _V2_DOMAINS = {  # mild shifts: smaller/more varied objects, brighter colours, weaker or stronger shortcut
     _V2.format("matched-frequency"): replace(_TRAIN, radius=(0.2, 0.4), hue_jitter=0.06, pref_prob=0.5),
     _V2.format("threshold0.7"): replace(_TRAIN, radius=(0.27, 0.46), value_shift=0.1, pref_prob=0.55),
@@ -178,13 +179,13 @@ def _split_jobs(plan: _Plan, split: str) -> list[_Job]:
         ]
     if split == "imagenet-a":
         hard = replace(
-            _TRAIN, radius=(0.15, 0.28), decoys=tuple(subsets["a"]), decoy_prob=0.7, pref_prob=0.1, clutter=4
+            _SINGLE, radius=(0.15, 0.28), decoys=tuple(subsets["a"]), decoy_prob=0.7, pref_prob=0.1, clutter=4
         )
         return [_Job(f"{split}/{WNIDS[c]}/a_{i}.jpg", split, i, c, hard) for i, c in enumerate(labels)]
     if split == "imagenet-o":
         shapes = [OOD_SHAPES[i % len(OOD_SHAPES)] for i in range(len(labels))]
         return [
-            _Job(f"{split}/{WNIDS[c]}/{s}_{i}.jpg", split, i, c, shape=s)
+            _Job(f"{split}/{WNIDS[c]}/{s}_{i}.jpg", split, i, c, _SINGLE, shape=s)
             for i, (c, s) in enumerate(zip(labels, shapes, strict=True))
         ]
     raise KeyError(f"unknown split {split!r}; choose one of {SPLITS}")
