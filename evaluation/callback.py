@@ -12,9 +12,10 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
+from evaluation.generated import GeneratedCorruptions
 from evaluation.metrics import CorruptionReference
-from evaluation.scoring import SourceOutput, score_suite
-from evaluation.suite import EvalSource, EvalSuite
+from evaluation.scoring import SourceOutput, clean_error, score_suite
+from evaluation.suite import VAL, EvalSource, EvalSuite
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,20 @@ class VariantEvaluator(L.Callback):
         suite: evaluation sources, in the order of the module's validation dataloaders.
         run_dir: where ``history.csv`` is written.
         c_reference: ImageNet-C normaliser (AlexNet by default; None: raw errors).
+        generated: on-the-fly ImageNet-C/P scorer fed with the val batches, if configured.
     """
 
-    def __init__(self, suite: EvalSuite, run_dir: Path, c_reference: CorruptionReference | None) -> None:
+    def __init__(
+        self,
+        suite: EvalSuite,
+        run_dir: Path,
+        c_reference: CorruptionReference | None,
+        generated: GeneratedCorruptions | None = None,
+    ) -> None:
         self.suite = suite
         self.sources = suite.sources
         self.c_reference = c_reference
+        self.generated = generated
         self.history_path = Path(run_dir) / "history.csv"
         self.outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
         self.results: dict[str, float] = {}
@@ -51,6 +60,8 @@ class VariantEvaluator(L.Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.outputs = {i: [] for i in range(len(self.sources))}
         self.unreadable: dict[int, set[int]] = {i: set() for i in range(len(self.sources))}
+        if self.generated is not None:
+            self.generated.reset()
 
     def on_validation_batch_end(
         self,
@@ -66,6 +77,14 @@ class VariantEvaluator(L.Callback):
         self.outputs[dataloader_idx].append(
             (outputs[readable].detach().float().cpu(), batch[1][readable].cpu(), batch[2][readable].cpu())
         )
+        if self.generated is not None and self.sources[dataloader_idx].key == VAL:
+            self.generated.collect(
+                pl_module.eval_forward,
+                batch[0][readable],
+                batch[1][readable],
+                batch[2][readable],
+                final=trainer.state.fn == "validate",
+            )
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -84,6 +103,9 @@ class VariantEvaluator(L.Callback):
             outputs[source.key] = SourceOutput(logits[order], target[order], index[order])
             self.report_unreadable(trainer, source, self.unreadable[i])
         results = score_suite(self.suite, outputs, pl_module.head.probs, self.c_reference)
+        if self.generated is not None:
+            for name, scores in self.generated.compute(clean_error(outputs), self.c_reference).items():
+                results.update({f"val/{name}/{metric}": value for metric, value in scores.items()})
         self.outputs = {}
         self.last_outputs = outputs
         self.results = results

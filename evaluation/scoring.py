@@ -91,15 +91,19 @@ def ood_scores(in_logits: Tensor, out_logits: Tensor, probs_fn: ProbsFn) -> Scor
 
 
 def corruption_scores(
-    out: SourceOutput,
+    wrong: Tensor,
     corruption: Tensor,
     severity: Tensor,
     clean_error: float | None,
     reference: M.CorruptionReference | None,
 ) -> Scores:
     """Error per corruption and severity, CE / relative CE per corruption, mCE, relative mCE and
-    per-family means (when all 15 scored corruptions are present)."""
-    wrong = out.logits.argmax(1) != out.target
+    per-family means (when all 15 scored corruptions are present).
+
+    Args:
+        wrong: [N] bool, top-1 prediction is wrong; corruption [N] (index into ``C_NAMES``);
+            severity [N] (1..5); clean_error: the clean top-1 error (fraction) for relative CE.
+    """
     errors: dict[str, list[float]] = {}
     scores: Scores = {"top1": 100.0 * (1 - wrong.double().mean().item()), "n": float(len(wrong))}
     for c in corruption.unique().tolist():
@@ -124,6 +128,14 @@ def corruption_scores(
     return scores
 
 
+def clean_error(outputs: Mapping[str, SourceOutput]) -> float | None:
+    """Top-1 error (fraction) on val, the clean reference of relative CE; None without val."""
+    val = outputs.get(VAL)
+    if val is None or len(val.target) == 0:
+        return None
+    return (val.logits.argmax(1) != val.target).double().mean().item()
+
+
 def variant_scores(
     variant: Variant,
     source: EvalSource,
@@ -141,17 +153,9 @@ def variant_scores(
         labels = source.extras["real_labels"][out.index]
         return real_scores(out.logits, labels, probs_fn(out.logits), threshold)
     if variant.kind == "corruption":
-        clean = outputs.get(VAL)
-        clean_error = (
-            None if clean is None else (clean.logits.argmax(1) != clean.target).double().mean().item()
-        )
-        return corruption_scores(
-            out,
-            source.extras["corruption"][out.index],
-            source.extras["severity"][out.index],
-            clean_error,
-            reference,
-        )
+        wrong = out.logits.argmax(1) != out.target
+        corruption, severity = source.extras["corruption"][out.index], source.extras["severity"][out.index]
+        return corruption_scores(wrong, corruption, severity, clean_error(outputs), reference)
     indices = suite.subsets[variant.name]
     restricted = out.logits[:, indices]  # the head's probabilities over the subset only
     val = outputs.get(VAL)
@@ -184,6 +188,8 @@ def score_suite(
             if source.key not in outputs or len(outputs[source.key].index) == 0:
                 continue
             for variant in source.variants:
+                if variant.kind == "generated":  # scored by evaluation.generated
+                    continue
                 scores = variant_scores(variant, source, outputs, suite, probs_fn, threshold, reference)
                 results.update({f"val/{variant.name}/{name}": value for name, value in scores.items()})
     return results

@@ -168,6 +168,9 @@ def build_suite(
                 if not minival:
                     raise DataLayoutError("minival is empty; set data.minival_fraction > 0")
                 source = add_source(MINIVAL, lambda: (list(minival), {}))
+            elif variant.kind == "generated":
+                val = folder_of(get_variant("imagenet"))
+                source = add_source(VAL, lambda v=val: (scan_folder(v, classes), {}))
             elif variant.kind == "corruption":
                 folder = folder_of(variant)
 

@@ -21,7 +21,8 @@ class Variant:
         name: key segment in ``val/<name>/<metric>``.
         kind: how it is scored: ``classification`` (one label per image), ``real`` (ReaL label
             sets), ``subset`` (logits restricted to a class subset: A, R), ``ood`` (anomaly
-            detection against in-distribution val images: O), ``corruption`` (C).
+            detection against in-distribution val images: O), ``corruption`` (C from disk),
+            ``generated`` (C and P made on the fly from val batches, see evaluation/generated.py).
         path: folder of its images, relative to the data root (``val`` and ``train`` are found
             like timm does); ``minival`` is a held-out slice of ``train``.
         layout: ``wnid`` (class folders named by wnid) or ``int`` (folders ``0..K-1``: V2).
@@ -52,6 +53,8 @@ VARIANTS: dict[str, Variant] = {
         Variant("imagenet-r", "subset", "imagenet-r", subset="imagenet_r"),
         Variant("imagenet-o", "ood", "imagenet-o", subset="imagenet_o"),
         Variant("imagenet-c", "corruption", "imagenet-c"),
+        Variant("imagenet-c-gen", "generated", "val"),
+        Variant("imagenet-p", "generated", "val"),
     )
 }
 

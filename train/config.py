@@ -109,6 +109,9 @@ class EvalConfig:
     strict: bool = False  # a variant missing on disk is an error instead of a warning
     paths: dict[str, str] = field(default_factory=dict)  # variant -> folder, for releases outside data.root
     c_normaliser: str = "alexnet"  # ImageNet-C: "alexnet", "none" (raw errors) or "run:<run dir>"
+    seed: int = 0  # fixes every generated corruption (imagenet-c-gen, imagenet-p) across runs and epochs
+    c_grid_images: int = 100  # imagenet-c-gen: val images scored on the full 15x5 grid at the end
+    p_images: int = 16  # imagenet-p: val images turned into perturbation sequences per evaluation
 
 
 @dataclass

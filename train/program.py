@@ -17,13 +17,15 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from evaluation.callback import VariantEvaluator
+from evaluation.generated import GeneratedCorruptions
 from evaluation.metrics import ALEXNET, CorruptionReference
 from evaluation.plots import PlotWriter
 from evaluation.registry import metric_spec
-from evaluation.suite import build_suite
+from evaluation.results import write_results_csv
+from evaluation.suite import VAL, EvalSuite, build_suite
 from evaluation.variants import MINIVAL
 from train.callbacks import AtomicCheckpointIO, BadFileReport, HealthMonitor, RandomStateCheckpoint
-from train.config import Config
+from train.config import Config, EvalConfig
 from train.data.benchmark import benchmark_hash, default_cache_dir
 from train.data.datamodule import ImageNetDataModule
 from train.data.transforms import eval_transform
@@ -130,7 +132,9 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
         conf.logger, run_dir, conf.experiment, group_name(conf), tags, flat_config, wandb_id
     )
 
-    evaluator = VariantEvaluator(suite, run_dir, corruption_reference(conf.eval.c_normaliser))
+    evaluator = VariantEvaluator(
+        suite, run_dir, corruption_reference(conf.eval.c_normaliser), generated_scorer(conf.eval, suite)
+    )
     checkpoints = ModelCheckpoint(  # checkpoints/last.ckpt, replaced atomically after every epoch
         dirpath=run_dir / "checkpoints",
         filename="last",
@@ -179,6 +183,15 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
     results = {**evaluator.results, "experiment": conf.experiment}
     if trainer.is_global_zero:
         write_json(run_dir / "metrics.json", results)
+        write_results_csv(
+            evaluator.results,
+            run_dir / "results.csv",
+            model_name=f"{conf.model.name}.{conf.experiment}",
+            param_count=sum(p.numel() for p in module.classifier.parameters()),
+            img_size=conf.data.image_size,
+            crop_pct=conf.data.crop_pct,
+            interpolation=conf.data.interpolation,
+        )
         write_json(run_dir / "phases.json", phases.seconds)
         table = format_table(evaluator.results)
         (run_dir / "results.txt").write_text(table + "\n")
@@ -187,6 +200,21 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
     if logger is not None and hasattr(logger, "experiment") and conf.logger.name == "wandb":
         logger.experiment.finish()
     return results
+
+
+def generated_scorer(cfg: EvalConfig, suite: EvalSuite) -> GeneratedCorruptions | None:
+    """The on-the-fly ImageNet-C/P scorer when ``imagenet-c-gen`` or ``imagenet-p`` is configured."""
+    val = suite.source(VAL)
+    names = {v.name for v in val.variants} if val is not None else set()
+    if not names & {"imagenet-c-gen", "imagenet-p"}:
+        return None
+    return GeneratedCorruptions(
+        len(val.dataset),
+        seed=cfg.seed,
+        grid_images=cfg.c_grid_images,
+        p_images=cfg.p_images if "imagenet-p" in names else 0,
+        score_c="imagenet-c-gen" in names,
+    )
 
 
 def corruption_reference(normaliser: str) -> CorruptionReference | None:

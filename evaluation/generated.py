@@ -1,0 +1,150 @@
+"""ImageNet-C and ImageNet-P generated on the fly from the val images of each evaluation batch.
+
+During training every val image is scored under its own fixed (corruption, severity) pair
+(``c_plan``): an unbiased per-epoch mCE estimate at the cost of one extra forward pass per image.
+The final evaluation scores the full 15 x 5 grid on a fixed subset (``c_subset``). ImageNet-P
+sequences are made for a fixed subset of val images. Every corruption draws from a generator
+seeded by (evaluation seed, first image of the group, pair), so every run and every epoch with the
+same batch layout sees the same corrupted images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from evaluation import metrics as M
+from evaluation.corruptions import COMMON_CORRUPTIONS, NOISE_PERTURBATIONS, c_plan, c_subset, corrupt
+from evaluation.corruptions import perturbation_sequence as make_sequence
+from evaluation.scoring import Scores, corruption_scores
+from evaluation.suite import C_NAMES
+
+P_TEST = (
+    "gaussian_noise",
+    "shot_noise",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "brightness",
+    "translate",
+    "rotate",
+    "tilt",
+    "scale",
+)  # ImageNet-P's 10 test perturbations
+
+
+def gather(tensor: Tensor) -> Tensor:
+    """Concatenate a CPU tensor over all ranks (lengths may differ)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, tensor)
+    return torch.cat(parts)
+
+
+def image_generator(device: torch.device, seed: int, index: int, salt: int) -> torch.Generator:
+    """A generator fixed by (seed, first image index of the group, salt): the same group of images
+    gets the same noise every epoch (groups depend on the per-rank batches, so on the world size)."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + index * 1009 + salt) % 2**63)
+
+
+@dataclass
+class GeneratedCorruptions:
+    """Scores ``imagenet-c-gen`` (and ``imagenet-p`` when ``p_images`` > 0) from val batches.
+
+    Args:
+        num_val: number of val images (the plan covers them all).
+        seed: evaluation seed (fixed: not the training seed).
+        grid_images: images scored under all 75 pairs in the final evaluation.
+        p_images: images turned into ImageNet-P sequences (per evaluation).
+        score_c: score ImageNet-C (``imagenet-c-gen``).
+    """
+
+    num_val: int
+    seed: int = 0
+    grid_images: int = 100
+    p_images: int = 0
+    score_c: bool = True
+    records: dict[str, list[Tensor]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.plan = c_plan(self.num_val, self.seed)
+        self.grid = c_subset(self.num_val, self.grid_images, self.seed)
+        self.p_subset = c_subset(self.num_val, self.p_images, self.seed + 1)
+
+    def reset(self) -> None:
+        sequences = [
+            f"p_{kind}/{name}" for name in P_TEST for kind in ("preds", "rank")
+        ]  # T differs per name
+        self.records = {k: [] for k in ("c_wrong", "c_corruption", "c_severity", *sequences)}
+
+    @torch.no_grad()
+    def collect(self, forward, images: Tensor, target: Tensor, index: Tensor, final: bool) -> None:
+        """Corrupt this val batch ([B,3,H,W] in [0,1], dataset indices ``index``) and record predictions."""
+        if self.score_c:
+            self.collect_c(forward, images, target, index, final)
+        chosen = torch.isin(index.cpu(), self.p_subset)
+        if chosen.any():
+            self.collect_p(forward, images[chosen.to(images.device)], index[chosen.to(index.device)])
+
+    def collect_c(self, forward, images: Tensor, target: Tensor, index: Tensor, final: bool) -> None:
+        idx = index.cpu()
+        if final:  # every pair for the grid subset
+            keep = torch.isin(idx, self.grid)
+            pairs = [(c, s) for c in range(len(COMMON_CORRUPTIONS)) for s in range(1, 6)]
+            jobs = [(keep, c, s) for c, s in pairs] if keep.any() else []
+        else:  # each image under its own planned pair
+            corruption, severity = self.plan[0][idx], self.plan[1][idx]
+            jobs = [
+                ((corruption == c) & (severity == s), c, s)
+                for c, s in torch.stack([corruption, severity], 1).unique(dim=0).tolist()
+            ]
+        for mask, c, s in jobs:
+            rows = mask.nonzero().squeeze(1)
+            generator = image_generator(images.device, self.seed, int(idx[rows[0]]), c * 8 + s)
+            corrupted = corrupt(images[rows.to(images.device)], COMMON_CORRUPTIONS[c], s, generator)
+            wrong = (forward(corrupted).argmax(1) != target[rows.to(target.device)]).cpu()
+            self.records["c_wrong"].append(wrong)
+            self.records["c_corruption"].append(
+                torch.full_like(wrong, C_NAMES.index(COMMON_CORRUPTIONS[c]), dtype=torch.long)
+            )
+            self.records["c_severity"].append(torch.full_like(wrong, s, dtype=torch.long))
+
+    def collect_p(self, forward, images: Tensor, index: Tensor) -> None:
+        for p, name in enumerate(P_TEST):
+            generator = image_generator(images.device, self.seed, int(index[0]), 1000 + p)
+            frames = make_sequence(images, name, generator)  # [B, T, 3, H, W]
+            b, t = frames.shape[:2]
+            logits = forward(frames.flatten(0, 1)).float().view(b, t, -1)
+            self.records[f"p_preds/{name}"].append(logits.argmax(-1).cpu())
+            self.records[f"p_rank/{name}"].append(M.topk_ranking(logits.flatten(0, 1).cpu(), 5).view(b, t, 5))
+
+    def compute(
+        self, clean_error: float | None, reference: M.CorruptionReference | None
+    ) -> dict[str, Scores]:
+        """Gathered scores per variant name: ``imagenet-c-gen`` and ``imagenet-p``."""
+        out: dict[str, Scores] = {}
+        cat = {k: gather(torch.cat(v)) if v else None for k, v in self.records.items()}
+        if self.score_c and cat["c_wrong"] is not None and len(cat["c_wrong"]):
+            out["imagenet-c-gen"] = corruption_scores(
+                cat["c_wrong"], cat["c_corruption"], cat["c_severity"], clean_error, reference
+            )
+        scores: Scores = {}
+        for name in P_TEST:
+            preds, ranks = cat[f"p_preds/{name}"], cat[f"p_rank/{name}"]
+            if preds is None or len(preds) == 0:
+                continue
+            noise = name in NOISE_PERTURBATIONS
+            scores[f"{name}/fp"] = M.flip_probability(preds, noise)
+            scores[f"{name}/t5d"] = M.top5_distance(ranks, noise)
+            scores["n"] = float(len(preds))
+        if scores:
+            for metric in ("fp", "t5d"):  # mean over the perturbations scored
+                values = [v for k, v in scores.items() if k.endswith(f"/{metric}")]
+                scores[metric] = sum(values) / len(values)
+            out["imagenet-p"] = scores
+        return out
