@@ -22,6 +22,8 @@ TINY = [
     "trainer.max_epochs=1",
     "trainer.limit_train_batches=3",
     "optim.lr=0.05",
+    "eval.c_grid_images=10",
+    "eval.p_images=2",
 ]
 
 

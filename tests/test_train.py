@@ -115,3 +115,29 @@ def test_bad_training_images_are_replaced_counted_and_listed(
     assert logged["data/bad_files"].dropna().iloc[-1] == len(listed)
     with Image.open(files[2]) as image:  # the good files are untouched
         image.load()
+
+
+def test_deepaugment_experiment_trains_and_previews(tmp_path: Path, bench_root: Path, cache_dir: Path):
+    run_dir = tmp_path / "run"
+    run_train(
+        [
+            "experiment=sigmoid_deepaug",
+            *TINY,
+            f"data.root={bench_root}",
+            "eval=clean",
+            "logger=csv",
+            "augment_pretrain.budget_s=20",
+            "augment_pretrain.max_images=256",
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+        cache_dir,
+    )
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["augment"]["_target_"] == "augment.DeepAugment" and config["head"]["name"] == "sigmoid"
+    assert json.loads((run_dir / "metrics.json").read_text())["experiment"] == "sigmoid_deepaug"
+    with Image.open(run_dir / "plots" / "augment_preview.png") as preview:  # clean | EDSR | CAE | Noise2Net
+        assert preview.width == 4 * 128 and preview.height > 8 * 128
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["augment_rng_state"].dtype == torch.uint8  # replayed on resume
+    assert not any(k.startswith(("augment", "edsr", "cae")) for k in ckpt["state_dict"])  # outside the model

@@ -89,6 +89,12 @@ class OptimConfig:
 
 
 @dataclass
+class AugmentPretrainConfig:
+    budget_s: float = 300.0  # wall-clock budget of the built-in EDSR + CAE pretraining (cached afterwards)
+    max_images: int = 2048  # training images it uses
+
+
+@dataclass
 class LoggerConfig:
     name: str = "wandb"  # "wandb", "csv" or "none"
     project: str = "sigmoid-robustness"
@@ -130,6 +136,7 @@ class Config:
     head: HeadConfig = field(default_factory=HeadConfig)
     mixup: MixupConfig = field(default_factory=MixupConfig)
     augment: dict[str, Any] = field(default_factory=dict)  # {_target_: ..., args}; empty: no augmentation
+    augment_pretrain: AugmentPretrainConfig = field(default_factory=AugmentPretrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: dict[str, Any] = field(default_factory=dict)  # lightning.Trainer keyword arguments
     logger: LoggerConfig = field(default_factory=LoggerConfig)

@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from evaluation.callback import VariantEvaluator
@@ -24,10 +26,12 @@ from evaluation.registry import metric_spec
 from evaluation.results import write_results_csv
 from evaluation.suite import VAL, EvalSuite, build_suite
 from evaluation.variants import MINIVAL
+from train.augmentation import build_augment, write_preview
 from train.callbacks import AtomicCheckpointIO, BadFileReport, HealthMonitor, RandomStateCheckpoint
 from train.config import Config, EvalConfig
 from train.data.benchmark import benchmark_hash, default_cache_dir
-from train.data.datamodule import ImageNetDataModule
+from train.data.datamodule import ImageNetDataModule, find_split
+from train.data.folder import ImageFolderDataset
 from train.data.transforms import eval_transform
 from train.heads import create_head
 from train.loggers import create_logger
@@ -101,7 +105,17 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
         data.max_eval_images = conf.eval.max_images
     data_hash = benchmark_hash(data.root) if conf.data.name == "benchmark" else None
 
-    module = ClassifierModule(conf.model, head, conf.optim, conf.mixup, num_classes=data.num_classes)
+    with phases("augment_setup"):
+        augment, augment_cfg = build_augment(
+            cfg.augment,
+            find_split(data.root, "train"),
+            cache_dir,
+            conf.data.image_size,
+            conf.augment_pretrain,
+        )
+    module = ClassifierModule(
+        conf.model, head, conf.optim, conf.mixup, num_classes=data.num_classes, augment=augment
+    )
     write_config(run_dir, cfg)
     wandb_id = run_id(run_dir)
     provenance = write_provenance(
@@ -176,6 +190,15 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
         use_distributed_sampler=False,
     )
     resume_from = run_dir / "checkpoints" / "last.ckpt" if conf.resume else None
+    if augment is not None and trainer.is_global_zero:
+        preview = write_preview(
+            augment_cfg,
+            preview_images(data, conf.data.image_size),
+            run_dir / "plots" / "augment_preview.png",
+            seed=conf.seed,
+        )
+        if preview is not None and isinstance(logger, WandbLogger):
+            logger.log_image(key="plots/augment_preview", images=[str(preview)])
     with phases("train"):
         trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
     with phases("final_eval"):
@@ -200,6 +223,13 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
     if logger is not None and hasattr(logger, "experiment") and conf.logger.name == "wandb":
         logger.experiment.finish()
     return results
+
+
+def preview_images(data: ImageNetDataModule, size: int, n: int = 8) -> torch.Tensor:
+    """``n`` training images of different classes, centre-cropped to ``size``: [n,3,size,size] in [0,1]."""
+    samples = data.train_samples[:: max(1, len(data.train_samples) // n)][:n]
+    dataset = ImageFolderDataset(samples, eval_transform(replace(data.cfg, image_size=size, crop_pct=1.0)))
+    return torch.stack([dataset[i][0] for i in range(len(samples))])
 
 
 def generated_scorer(cfg: EvalConfig, suite: EvalSuite) -> GeneratedCorruptions | None:

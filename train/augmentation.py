@@ -1,0 +1,110 @@
+"""Build the configured batch augmentation (``augment`` group) for training.
+
+DeepAugment needs EDSR and CAE weights: when the config gives none, they are pretrained on the
+run's own training images by :func:`augment.ensure_pretrained` (cached by data hash, locked).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from augment import ensure_pretrained
+from augment.preview import preview_grid, save_grid
+from train.config import AugmentPretrainConfig
+
+log = logging.getLogger(__name__)
+DEEPAUGMENT = "augment.DeepAugment"
+
+
+class Chain(nn.Module):
+    """Apply augmentations one after the other; random states are kept per step."""
+
+    def __init__(self, steps: list[nn.Module]) -> None:
+        super().__init__()
+        self.steps = nn.ModuleList(steps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """[B,3,H,W] in [0,1] -> the same, after every step."""
+        for step in self.steps:
+            x = step(x)
+        return x
+
+    def get_rng_state(self) -> list[Tensor]:
+        return [step.get_rng_state() for step in self.steps]
+
+    def set_rng_state(self, states: list[Tensor]) -> None:
+        for step, state in zip(self.steps, states, strict=True):
+            step.set_rng_state(state)
+
+
+def deepaugment_nodes(node: Any) -> list[DictConfig]:
+    """Every ``augment.DeepAugment`` node in a (nested) augment config."""
+    if isinstance(node, DictConfig):
+        found = [node] if node.get("_target_") == DEEPAUGMENT else []
+        return found + [n for value in node.values() for n in deepaugment_nodes(value)]
+    if OmegaConf.is_list(node):
+        return [n for value in node for n in deepaugment_nodes(value)]
+    return []
+
+
+def check_augment_args(node: Any) -> None:
+    """Every key of a ``_target_`` node must be an argument of that target (one-line error otherwise)."""
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            target = get_class(node["_target_"])
+            accepted = set(inspect.signature(target).parameters)
+            for key in node:
+                if key != "_target_" and key not in accepted:
+                    raise ValueError(
+                        f"augment.{key} is not an argument of {node['_target_']}; see its docstring"
+                    )
+        for value in node.values():
+            check_augment_args(value)
+    elif OmegaConf.is_list(node):
+        for value in node:
+            check_augment_args(value)
+
+
+def build_augment(
+    cfg: DictConfig, train_root: Path, cache_dir: Path, image_size: int, pretrain: AugmentPretrainConfig
+) -> tuple[nn.Module | None, DictConfig]:
+    """Instantiate the ``augment`` config; pretrains missing DeepAugment weights first.
+
+    Returns the module (None for ``augment=none``) and the config with the weight paths filled in.
+    """
+    if not cfg or "_target_" not in cfg:
+        return None, cfg
+    cfg = cfg.copy()
+    check_augment_args(cfg)
+    for node in deepaugment_nodes(cfg):
+        if node.get("edsr_weights") is None or node.get("cae_weights") is None:
+            paths = ensure_pretrained(
+                train_root,
+                cache_dir / "augment",
+                image_size=image_size,
+                budget_s=pretrain.budget_s,
+                max_images=pretrain.max_images,
+            )
+            node.edsr_weights = node.edsr_weights or str(paths["edsr"])
+            node.cae_weights = node.cae_weights or str(paths["cae"])
+    return instantiate(cfg, _convert_="all"), cfg
+
+
+def write_preview(cfg: DictConfig, images: Tensor, path: Path, seed: int) -> Path | None:
+    """The clean | EDSR | CAE | Noise2Net grid of ``images`` [n,3,H,W] in [0,1] when DeepAugment is
+    configured (``cfg`` as returned by :func:`build_augment`); None otherwise."""
+    nodes = deepaugment_nodes(cfg)
+    if not nodes:
+        return None
+    with torch.no_grad():
+        grid = preview_grid(images, nodes[0].edsr_weights, nodes[0].cae_weights, seed=seed)
+    save_grid(grid, path)
+    return path
