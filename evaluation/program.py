@@ -1,0 +1,173 @@
+"""The evaluation program: config -> model (checkpoint or timm weights) -> every variant -> files.
+
+It reuses training's parts (data module, classifier module, evaluation suite and callback,
+``Trainer.validate``), so a training run's ``last.ckpt`` scores exactly as the run's own final
+evaluation did, on one device or many.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import timm.models
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from evaluation.callback import VariantEvaluator
+from evaluation.config import EvaluateConfig
+from evaluation.logits import save_logits
+from evaluation.results import write_results_csv
+from evaluation.suite import EvalSuite, build_suite
+from train.config import MixupConfig, OptimConfig
+from train.data.benchmark import default_cache_dir
+from train.data.datamodule import ImageNetDataModule
+from train.data.transforms import eval_transform
+from train.heads import create_head
+from train.module import ClassifierModule
+from train.program import corruption_reference, generated_scorer
+from train.run_dir import check_writable, write_config, write_json
+from train.summary import format_table
+from train.validate import check_trainer_args, resolve_precision
+
+log = logging.getLogger("evaluation")
+
+
+def classifier_key(module: ClassifierModule) -> str:
+    """Name of the classifier layer's weight inside ``module.classifier`` (e.g. ``fc.weight``)."""
+    layer = module.classifier.get_classifier()
+    return next(f"{name}.weight" for name, m in module.classifier.named_modules() if m is layer)
+
+
+def check_class_count(state: dict[str, torch.Tensor], key: str, what: str, num_classes: int) -> None:
+    """The classifier weight ``state[key]`` [K, ...] must have one row per data class."""
+    if key in state and state[key].shape[0] != num_classes:
+        raise ValueError(
+            f"{what} has {state[key].shape[0]} classes but the data has {num_classes}; evaluate it on "
+            f"the data it was trained for (data=..., data.root=..., data.classes=<wnid list>)"
+        )
+
+
+def load_weights(module: nn.Module, state: dict[str, Any], what: str, hint: str) -> None:
+    """Load every weight of ``module`` from ``state``; one clear line when they do not fit."""
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a shape differs
+        lines = [line.strip() for line in str(err).splitlines() if "size mismatch" in line]
+        raise ValueError(f"{what} does not fit this model ({(lines or [str(err)])[0]}); {hint}") from None
+    problems = [
+        f"{len(keys)} {kind} keys, e.g. {keys[0]}"
+        for kind, keys in (("missing", result.missing_keys), ("unexpected", result.unexpected_keys))
+        if keys
+    ]
+    if problems:
+        raise ValueError(f"{what} does not fit this model ({'; '.join(problems)}); {hint}")
+
+
+def build_model(conf: EvaluateConfig, num_classes: int) -> ClassifierModule:
+    """The classifier with the weights to evaluate: a training checkpoint, or a timm weights file
+    (``model.pretrained``) checked to have one output per data class."""
+    if conf.checkpoint is None and not conf.model.pretrained:
+        raise ValueError(
+            "nothing to evaluate: give checkpoint=<run dir>/checkpoints/last.ckpt "
+            "or model.name=<timm model> model.pretrained=<weights file>"
+        )
+    model_cfg = replace(conf.model, pretrained=None)  # weights are loaded below, checked first
+    if conf.checkpoint is None:  # EMA weights exist only in training checkpoints
+        model_cfg = replace(model_cfg, ema=replace(model_cfg.ema, enabled=False))
+    module = ClassifierModule(
+        model_cfg, create_head(**vars(conf.head)), OptimConfig(), MixupConfig(), num_classes
+    )
+    key = classifier_key(module)
+    if conf.checkpoint is not None:
+        what = f"checkpoint={conf.checkpoint}"
+        checkpoint = torch.load(conf.checkpoint, map_location="cpu", weights_only=False)  # own run's file
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            raise ValueError(
+                f"{what} is not a `python -m train` checkpoint; for timm weights use model.pretrained=<file>"
+            )
+        state = checkpoint["state_dict"]
+        check_class_count(state, f"classifier.{key}", what, num_classes)
+        load_weights(module, state, what, "give the model.name and model.ema of the run that wrote it")
+    else:
+        what = f"model.pretrained={conf.model.pretrained}"
+        if not Path(conf.model.pretrained).is_file():
+            raise FileNotFoundError(f"{what} not found; give a local timm weights file (.pth, .safetensors)")
+        state = timm.models.load_state_dict(conf.model.pretrained)
+        check_class_count(state, key, what, num_classes)
+        load_weights(module.classifier, state, what, "give the model.name these weights belong to")
+    module.eval()
+    return module
+
+
+def build_data(conf: EvaluateConfig) -> tuple[ImageNetDataModule, EvalSuite]:
+    """The data module with one evaluation source per folder of the configured variants."""
+    cache_dir = Path(conf.paths.cache_dir) if conf.paths.cache_dir else default_cache_dir()
+    data = ImageNetDataModule(conf.data, cache_dir=cache_dir, seed=conf.seed)
+    suite = build_suite(
+        conf.eval.variants,
+        data.root,
+        data.classes,
+        eval_transform(conf.data),
+        conf.data.name,
+        minival=data.minival_samples,
+        paths=conf.eval.paths,
+        real_labels=conf.data.real_labels,
+        strict=conf.eval.strict,
+    )
+    if not suite.sources:
+        raise ValueError(f"none of eval.variants={conf.eval.variants} was found under {data.root}")
+    data.eval_sources = suite.sources
+    return data, suite
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Score every configured variant; rank 0 writes ``metrics.json``, ``results.csv``,
+    ``results.txt``, ``history.csv``, ``config.yaml`` (and ``logits/``) to ``output_dir``.
+    Returns the flat metrics (``val/<variant>/<metric>`` plus ``experiment``)."""
+    conf: EvaluateConfig = OmegaConf.to_object(cfg)
+    trainer_args = dict(conf.trainer)
+    check_trainer_args(trainer_args)
+    output_dir = Path(conf.output_dir)
+    check_writable(output_dir)
+    data, suite = build_data(conf)
+    module = build_model(conf, data.num_classes)
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    evaluator = VariantEvaluator(
+        suite, output_dir, corruption_reference(conf.eval.c_normaliser), generated_scorer(conf.eval, suite)
+    )
+    trainer_args["precision"] = resolve_precision(trainer_args, torch.cuda.is_available())
+    trainer = L.Trainer(
+        **trainer_args,
+        callbacks=[evaluator],
+        logger=False,
+        default_root_dir=str(output_dir),
+        use_distributed_sampler=False,
+    )
+    trainer.validate(module, datamodule=data, verbose=False)
+    results = {**evaluator.results, "experiment": conf.experiment}
+    if trainer.is_global_zero:
+        write_config(output_dir, cfg)
+        write_json(output_dir / "metrics.json", results)
+        write_results_csv(
+            evaluator.results,
+            output_dir / "results.csv",
+            model_name=f"{conf.model.name}.{conf.experiment}",
+            param_count=sum(p.numel() for p in module.classifier.parameters()),
+            img_size=conf.data.image_size,
+            crop_pct=conf.data.crop_pct,
+            interpolation=conf.data.interpolation,
+        )
+        table = format_table(evaluator.results)
+        (output_dir / "results.txt").write_text(table + "\n")
+        if conf.save_logits:
+            files = save_logits(suite, evaluator.last_outputs, output_dir / "logits")
+            log.info("logits of %d variants in %s", len(files), output_dir / "logits")
+        print(table)
+        print(f"output directory: {output_dir}")
+    return results

@@ -1,0 +1,288 @@
+"""``python -m evaluation``: a training run's checkpoint scores exactly as the run did; results.csv in
+timm's format; saved logits re-score (numpy/sklearn) to the same metrics; timm weights files; bad
+input stops with one line."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import timm
+import torch
+from conftest import TINY, cli_env, run_train
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from evaluation.__main__ import main
+from evaluation.config import compose_config
+from evaluation.suite import C_NAMES
+from train.data.folder import scan_folder
+
+VARIANTS = (
+    "minival",
+    "imagenet",
+    "imagenet-real",
+    "imagenetv2-threshold0.7",
+    "imagenet-a",
+    "imagenet-r",
+    "imagenet-o",
+    "imagenet-c",
+    "imagenet-c-gen",
+)
+C_SUBSET = ("contrast", "fog")
+
+
+def run_eval(args: list[str], cwd: Path, cache_dir: Path) -> subprocess.CompletedProcess:
+    """``python -m evaluation <args>`` in a subprocess, as a user types it."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "evaluation", "trainer.enable_progress_bar=false", *args],
+        cwd=cwd,
+        env=cli_env(cache_dir),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, f"python -m evaluation failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, bench_root: Path, cache_dir: Path) -> Path:
+    """A tiny sigmoid-head training scored on most variants (ImageNet-C from disk: two corruptions;
+    generated: the full grid on one val image)."""
+    tmp = tmp_path_factory.mktemp("evalcli")
+    corruptions = tmp / "imagenet-c"
+    corruptions.mkdir()
+    for name in C_SUBSET:
+        (corruptions / name).symlink_to(bench_root / "imagenet-c" / name)
+    run = tmp / "run"
+    run_train(
+        [
+            "experiment=sigmoid_baseline",
+            *TINY,
+            f"data.root={bench_root}",
+            "logger=none",
+            f"eval.variants=[{','.join(VARIANTS)}]",
+            f"+eval.paths.imagenet-c={corruptions}",
+            "eval.max_images=4",
+            "eval.c_grid_images=1",
+            f"hydra.run.dir={run}",
+        ],
+        tmp,
+        cache_dir,
+    )
+    return run
+
+
+@pytest.fixture(scope="module")
+def evaluated(run_dir: Path, cache_dir: Path) -> Path:
+    out = run_dir.parent / "eval"
+    proc = run_eval(
+        [f"checkpoint={run_dir / 'checkpoints' / 'last.ckpt'}", "save_logits=true", f"output_dir={out}"],
+        run_dir.parent,
+        cache_dir,
+    )
+    assert f"output directory: {out}" in proc.stdout
+    return out
+
+
+def test_checkpoint_reproduces_the_training_runs_final_metrics(run_dir: Path, evaluated: Path):
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    scored = json.loads((evaluated / "metrics.json").read_text())
+    assert set(scored) == set(trained) and len(trained) > 50
+    for key, value in trained.items():
+        assert scored[key] == value or (math.isnan(value) and math.isnan(scored[key])), key
+    assert scored["experiment"] == "sigmoid_baseline"
+    assert {k.split("/")[1] for k in scored if k.startswith("val/")} == set(VARIANTS)
+    assert (evaluated / "results.csv").read_text() == (run_dir / "results.csv").read_text()
+    history = pd.read_csv(evaluated / "history.csv")
+    assert set(history.phase) == {"final"} and set(history.variant) == set(VARIANTS)
+
+
+def test_results_csv_has_timms_columns_and_diffs(evaluated: Path):
+    metrics = json.loads((evaluated / "metrics.json").read_text())
+    table = pd.read_csv(evaluated / "results.csv", dtype={"top1_diff": str, "top5_diff": str}).set_index(
+        "variant"
+    )
+    assert list(table.columns)[:9] == [
+        "model", "top1", "top1_err", "top5", "top5_err", "param_count", "img_size", "crop_pct", "interpolation",
+    ]  # fmt: skip
+    assert {"top1_diff", "top5_diff"} <= set(table.columns)
+    assert set(table.index) == set(VARIANTS) - {"imagenet-o"}  # O has no accuracy
+    params = sum(p.numel() for p in timm.create_model("test_resnet", num_classes=20).parameters())
+    row = table.loc["imagenet"]
+    assert row.model == "test_resnet.sigmoid_baseline" and row.param_count == round(params / 1e6, 2)
+    assert (row.img_size, row.crop_pct, row.interpolation) == (32, 1.0, "bilinear")
+    for variant, row in table.iterrows():
+        assert row.top1 == pytest.approx(metrics[f"val/{variant}/top1"], abs=5e-4)
+        assert row.top1 + row.top1_err == pytest.approx(100.0, abs=1e-3)
+    assert math.isnan(table.loc["imagenet-c", "top5"])  # C reports top-1 only
+
+    def diff(a: float, b: float) -> str:
+        return f"{'+' if a - b >= 0 else '-'}{abs(a - b):.3f}"
+
+    for variant in ("imagenet-real", "imagenetv2-threshold0.7"):
+        for k in ("top1", "top5"):
+            expected = diff(metrics[f"val/{variant}/{k}"], metrics[f"val/imagenet/{k}"])
+            assert table.loc[variant, f"{k}_diff"] == expected
+    r_diff = diff(metrics["val/imagenet-r/top1"], metrics["val/imagenet-r/clean_top1"])
+    assert table.loc["imagenet-r", "top1_diff"] == r_diff
+    for variant in ("minival", "imagenet", "imagenet-a", "imagenet-c"):  # no base set (A: no clean run)
+        assert pd.isna(table.loc[variant, "top1_diff"])
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x.astype(np.float64)))
+
+
+def test_saved_logits_rescore_to_the_same_metrics(evaluated: Path, bench_root: Path):
+    m = json.loads((evaluated / "metrics.json").read_text())
+    files = {p.stem: dict(np.load(p)) for p in (evaluated / "logits").glob("*.npz")}
+    assert set(files) == set(VARIANTS) - {"imagenet-c-gen"}  # generated from val: no logits kept
+    for name, f in files.items():
+        assert f["logits"].dtype == np.float32 and f["logits"].shape[1] == 20, name
+        assert len(f["target"]) == len(f["logits"]) == len(f["index"]), name
+
+    val = files["imagenet"]
+    assert 100 * np.mean(val["logits"].argmax(1) == val["target"]) == pytest.approx(m["val/imagenet/top1"])
+    assert len(val["target"]) == m["val/imagenet/n"] == len(list((bench_root / "val").rglob("*.JPEG")))
+
+    real = files["imagenet-real"]  # label sets from real.json, matched by file name
+    entries = json.loads((bench_root / "real.json").read_text())
+    classes = (bench_root / "classes.txt").read_text().split()
+    samples = scan_folder(bench_root / "val", classes)
+    by_name = dict(zip(sorted(s.path.name for s in samples), entries, strict=True))
+    for row, i in enumerate(real["index"]):
+        labels = real["real_labels"][row]
+        assert sorted(labels[labels >= 0]) == sorted(by_name[samples[i].path.name])
+    scored = (real["real_labels"] >= 0).any(1)
+    hit = (real["real_labels"] == real["logits"].argmax(1)[:, None]).any(1)
+    assert 100 * hit[scored].mean() == pytest.approx(m["val/imagenet-real/top1"])
+
+    for name in ("imagenet-a", "imagenet-r"):
+        f = files[name]
+        listed = [int(x) for x in (bench_root / f"{name.replace('-', '_')}_indices.txt").read_text().split()]
+        assert f["class_indices"].tolist() == listed
+        top1 = 100 * np.mean(f["logits"][:, f["class_indices"]].argmax(1) == f["target"])
+        assert top1 == pytest.approx(m[f"val/{name}/top1"])
+
+    o = files["imagenet-o"]  # anomalies positive, score = -(max sigmoid probability over O's classes)
+    inside = o["in_distribution"]
+    assert inside.sum() == m["val/imagenet-o/n_in"] and (~inside).sum() == m["val/imagenet-o/n"]
+    assert (o["target"][~inside] == -1).all() and (o["target"][inside] >= 0).all()
+    confidence = sigmoid(o["logits"][:, o["class_indices"]]).max(1)
+    assert roc_auc_score(~inside, -confidence) == pytest.approx(m["val/imagenet-o/auroc"], abs=1e-9)
+
+    c = files["imagenet-c"]
+    assert sorted({str(c["corruption_names"][i]) for i in c["corruption"]}) == list(C_SUBSET)
+    wrong = c["logits"].argmax(1) != c["target"]
+    for i in np.unique(c["corruption"]):
+        for s in range(1, 6):
+            mask = (c["corruption"] == i) & (c["severity"] == s)
+            key = f"val/imagenet-c/{C_NAMES[i]}/s{s}/err"
+            assert 100 * wrong[mask].mean() == pytest.approx(m[key]), key
+
+
+def test_run_config_is_inherited_and_overrides_win(run_dir: Path, bench_root: Path):
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    cfg = compose_config([f"checkpoint={checkpoint}", "data.eval_batch_size=7"])
+    assert (cfg.data.root, cfg.data.image_size, cfg.model.name) == (str(bench_root), 32, "test_resnet")
+    assert (cfg.head.name, cfg.experiment, cfg.data.eval_batch_size) == ("sigmoid", "sigmoid_baseline", 7)
+    assert cfg.eval.paths["imagenet-c"].endswith("imagenet-c")
+    cfg = compose_config([f"checkpoint={checkpoint}", "eval=clean", "head=softmax"])
+    assert "imagenet-c" not in cfg.eval.variants and not cfg.eval.paths and cfg.head.name == "softmax"
+    assert cfg.data.root == str(bench_root)
+
+
+def test_timm_weights_file_scores_like_a_plain_forward_pass(
+    tmp_path: Path, bench_root: Path, cache_dir: Path
+):
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=20).eval()
+    weights = tmp_path / "weights.pth"
+    torch.save(model.state_dict(), weights)
+    out = tmp_path / "eval"
+    run_eval(
+        [
+            "model.name=test_resnet",
+            f"model.pretrained={weights}",
+            "head=softmax",
+            f"data.root={bench_root}",
+            "data.image_size=32",
+            "data.num_workers=0",
+            "eval.variants=[imagenet]",
+            "save_logits=true",
+            f"output_dir={out}",
+        ],
+        tmp_path,
+        cache_dir,
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    saved = np.load(out / "logits" / "imagenet.npz")
+    classes = (bench_root / "classes.txt").read_text().split()
+    samples = scan_folder(bench_root / "val", classes)
+    cfg = model.pretrained_cfg  # timm's transform with the model's own normalisation
+    transform = timm.data.create_transform(
+        32, crop_pct=1.0, interpolation="bilinear", mean=cfg["mean"], std=cfg["std"]
+    )
+    with torch.no_grad():
+        logits = model(torch.stack([transform(Image.open(s.path).convert("RGB")) for s in samples]))
+    np.testing.assert_allclose(saved["logits"], logits.numpy(), rtol=1e-4, atol=1e-5)
+    target = np.array([s.target for s in samples])
+    assert (saved["target"] == target).all()
+    assert metrics["val/imagenet/top1"] == pytest.approx(100 * np.mean(saved["logits"].argmax(1) == target))
+    assert metrics["experiment"] == "default"
+
+
+@pytest.fixture
+def bad_run(run_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the run whose checkpoint's classifier was cut to 10 classes."""
+    bad = tmp_path / "bad_run"
+    (bad / "checkpoints").mkdir(parents=True)
+    shutil.copy(run_dir / "config.yaml", bad / "config.yaml")
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    for key in ("classifier.fc.weight", "classifier.fc.bias"):
+        ckpt["state_dict"][key] = ckpt["state_dict"][key][:10]
+    torch.save(ckpt, bad / "checkpoints" / "last.ckpt")
+    return bad
+
+
+def error_line(args: list[str], capsys: pytest.CaptureFixture) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("error: ")
+    return lines[-1]
+
+
+def test_bad_input_stops_with_one_line(tmp_path: Path, bad_run: Path, bench_root: Path, capsys):
+    out = f"output_dir={tmp_path / 'out'}"
+    assert "checkpoint=/nowhere/last.ckpt not found" in error_line(
+        ["checkpoint=/nowhere/last.ckpt", out], capsys
+    )
+    line = error_line([f"checkpoint={bad_run / 'checkpoints' / 'last.ckpt'}", out], capsys)
+    assert "has 10 classes but the data has 20" in line
+    data = [
+        f"data.root={bench_root}",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "eval.variants=[imagenet]",
+        out,
+    ]
+    assert "nothing to evaluate" in error_line(["model.name=test_resnet", *data], capsys)
+    weights = tmp_path / "in1k.pth"
+    torch.save(timm.create_model("test_resnet").state_dict(), weights)  # 1000 classes
+    line = error_line(["model.name=test_resnet", f"model.pretrained={weights}", *data], capsys)
+    assert f"model.pretrained={weights} has 1000 classes but the data has 20" in line
+    line = error_line([f"checkpoint={weights}", "model.name=test_resnet", *data], capsys)
+    assert "is not a `python -m train` checkpoint" in line
+    assert "data.bogus" in error_line(["data.bogus=1", out], capsys)
+    assert not (tmp_path / "out").exists()  # stopped before writing anything
