@@ -62,7 +62,9 @@ def test_subset_variants_restrict_logits_and_use_the_heads_probabilities(head):
     probs = np_probs(head, restricted)
     correct = restricted.argmax(1) == a.target.numpy()
     assert scores["val/imagenet-a/top1"] == pytest.approx(100 * correct.mean())
-    assert scores["val/imagenet-a/ece"] == pytest.approx(np_ece(probs.max(1), correct), abs=1e-6)  # float32 probs
+    assert scores["val/imagenet-a/ece"] == pytest.approx(
+        np_ece(probs.max(1), correct), abs=1e-6
+    )  # float32 probs
     assert scores["val/imagenet-a/nll"] == pytest.approx(
         -np.log(probs[np.arange(40), a.target.numpy()]).mean()
     )
@@ -141,9 +143,12 @@ def test_real_label_sets_use_a_threshold_chosen_on_minival(head):
     threshold = scores["val/imagenet-real/threshold"]
     mini_probs = np_probs(head, minival.logits.double().numpy())
     one_hot = np.eye(K, dtype=bool)[minival.target.numpy()]
-    f1_at = lambda t: precision_recall_fscore_support(
-        one_hot, mini_probs >= t, average="samples", zero_division=0
-    )[2]  # noqa: E731
+
+    def f1_at(t: float) -> float:
+        return precision_recall_fscore_support(one_hot, mini_probs >= t, average="samples", zero_division=0)[
+            2
+        ]
+
     grid = np.round(np.arange(1, 100) / 100, 2)
     assert f1_at(threshold) == pytest.approx(max(f1_at(t) for t in grid))
     labelled = (real >= 0).any(1).numpy()
