@@ -47,7 +47,7 @@ class Domain:
         clutter: number of distractor strokes drawn around (and over) the object.
     """
 
-    pref_prob: float = 0.6
+    pref_prob: float = 0.7
     decoys: tuple[int, ...] = ()
     decoy_prob: float = 0.0
     radius: tuple[float, float] = (0.25, 0.45)
@@ -64,9 +64,8 @@ def preferred_style(label: int) -> tuple[int, int]:
 
 
 def _pick_style(rng: np.random.Generator, label: int, domain: Domain) -> tuple[int, int]:
-    r = rng.random()
-    if r < domain.decoy_prob and domain.decoys:
-        others = [d for d in domain.decoys if d != label]
+    r, others = rng.random(), [d for d in domain.decoys if d != label]
+    if r < domain.decoy_prob and others:
         return preferred_style(int(rng.choice(others)))
     if r < domain.decoy_prob + domain.pref_prob:
         return preferred_style(label)
@@ -79,7 +78,7 @@ def _place(rng: np.random.Generator, size: int, radius: float) -> tuple[float, f
 
 
 def _pose(rng: np.random.Generator) -> dict[str, float]:
-    return {"angle": float(rng.uniform(-30.0, 30.0)), "stretch": float(rng.uniform(0.85, 1.15))}
+    return {"angle": float(rng.uniform(-25.0, 25.0)), "stretch": float(rng.uniform(0.85, 1.15))}
 
 
 def _draw_object(

@@ -48,7 +48,7 @@ from tqdm import tqdm
 from ._scenes import NUM_CLASSES, RENDITIONS, Domain, natural, rendition, sketch
 from ._shapes import CLASS_SHAPES, OOD_SHAPES
 
-BENCHMARK_VERSION = 2
+BENCHMARK_VERSION = 3
 CACHE_ENV = "SIGROB_CACHE_DIR"
 MANIFEST = "MANIFEST.json"
 WNIDS: tuple[str, ...] = tuple(f"n{90000000 + i:08d}" for i in range(NUM_CLASSES))
@@ -76,11 +76,11 @@ _V2 = "imagenetv2-{}-format-val"
 _TRAIN = Domain()
 _SINGLE = replace(_TRAIN, second_prob=0.0, ambiguous_prob=0.0)  # one object, never ambiguous (A, O)
 _V2_DOMAINS = {  # mild shifts: smaller/more varied objects, brighter colours, weaker or stronger shortcut
-    _V2.format("matched-frequency"): replace(_TRAIN, radius=(0.2, 0.4), hue_jitter=0.06, pref_prob=0.5),
-    _V2.format("threshold0.7"): replace(_TRAIN, radius=(0.27, 0.46), value_shift=0.1, pref_prob=0.55),
-    _V2.format("top-images"): replace(_TRAIN, radius=(0.28, 0.46), hue_jitter=0.02, pref_prob=0.65),
+    _V2.format("matched-frequency"): replace(_TRAIN, radius=(0.22, 0.42), hue_jitter=0.05, pref_prob=0.6),
+    _V2.format("threshold0.7"): replace(_TRAIN, radius=(0.27, 0.46), value_shift=0.1, pref_prob=0.65),
+    _V2.format("top-images"): replace(_TRAIN, radius=(0.28, 0.46), hue_jitter=0.02, pref_prob=0.75),
 }
-_COUNTS = {  # images per class at scale 1 (ImageNet-O: per folder; ImageNet-C: val images per class)
+_COUNTS = {  # at scale 1: images per class (ImageNet-O: per folder; ImageNet-C: val images in all)
     "train": 400,
     "val": 50,
     _V2.format("matched-frequency"): 20,
@@ -90,7 +90,7 @@ _COUNTS = {  # images per class at scale 1 (ImageNet-O: per folder; ImageNet-C: 
     "imagenet-r": 30,
     "imagenet-a": 30,
     "imagenet-o": 20,
-    "imagenet-c": 2,
+    "imagenet-c": 40,  # the first 2 val images of every class
 }
 SPLITS: tuple[str, ...] = tuple(_COUNTS)
 """Top-level folders of the benchmark, in generation order (ImageNet-C is made from val)."""
@@ -285,10 +285,9 @@ def _generate(root: Path, plan: _Plan, workers: int, progress: bool) -> None:
         for split in SPLITS:
             start = time.perf_counter()
             if split == "imagenet-c":
-                val, n, per_class = _split_jobs(plan, "val"), plan.n(split), plan.n("val")
-                sources = [
-                    job.path for c in range(NUM_CLASSES) for job in val[c * per_class : c * per_class + n]
-                ]
+                val, per_class = _split_jobs(plan, "val"), plan.n("val")
+                round_robin = [val[c * per_class + k] for k in range(per_class) for c in range(NUM_CLASSES)]
+                sources = [job.path for job in round_robin[: plan.n(split)]]
                 _run(partial(_corrupt, str(root), plan.seed), sources, pool, split, progress)
             else:
                 jobs = _split_jobs(plan, split)
