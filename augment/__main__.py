@@ -1,6 +1,6 @@
 """Command line: ``python -m augment {pretrain,generate,preview} key=value ...``.
 
-    python -m augment pretrain [data.root=<root>] [split=train] [cache_dir=<dir>] [image_size=64] [budget_s=240]
+    python -m augment pretrain [data.root=<root>] [split=train] [cache_dir=<dir>] [image_size=64] [budget_s=300]
     python -m augment generate data.root=<root> out=<dir> [split=train] [shard=i num_shards=n] [shard_by=class]
     python -m augment preview [data.root=<root>] out=preview.png [n=8] [image_size=64]
 
@@ -21,7 +21,14 @@ from augment.pretrain import ensure_pretrained, read_report
 from augment.preview import preview
 
 COMMON = {"data.root": Path, "split": str, "seed": int, "device": str}
-PRETRAIN = {"cache_dir": Path, "image_size": int, "budget_s": float, "max_images": int, "patch_size": int}
+PRETRAIN = {
+    "cache_dir": Path,
+    "image_size": int,
+    "budget_s": float,
+    "max_images": int,
+    "patch_size": int,
+    "cae_patch_size": int,
+}
 WEIGHTS = {"edsr_weights": str, "cae_weights": str, **{f"pretrain.{k}": t for k, t in PRETRAIN.items()}}
 COMMANDS = {
     "pretrain": PRETRAIN,

@@ -25,6 +25,7 @@ from torch.utils._pytree import tree_map
 from augment import perturb_cae, perturb_edsr
 from augment.base import RandomAugmentation, check_images, check_options, check_probability
 from augment.grouped import group_layout, grouped_forward, stack_weights
+from augment.images import resized_shape
 from augment.networks import CAE, EDSR
 from augment.networks.cae import MIN_SIZE as MIN_CAE_SIZE
 from augment.networks.edsr import downscale
@@ -158,9 +159,8 @@ class DeepAugment(RandomAugmentation):
         weights, in_dims = stack_weights(base, [perturb(base) for _ in range(groups)])
         params, hooks = sample(groups * n)
         params = tree_map(lambda t: t.unflatten(0, (groups, n)), params)
-        return grouped_forward(net, weights, in_dims, x.unflatten(0, (groups, n)), params, hooks).flatten(
-            0, 1
-        )[:m]
+        out = grouped_forward(net, weights, in_dims, x.unflatten(0, (groups, n)), params, hooks)
+        return out.flatten(0, 1)[:m]
 
     def _edsr_path(self, x: Tensor) -> Tensor:
         net = self.edsr
@@ -198,10 +198,7 @@ class DeepAugment(RandomAugmentation):
             )
         xc = x.to(dtype)
         if self.cae_size is not None:
-            scale = self.cae_size / min(size)
-            xc = F.interpolate(
-                xc, size=[max(4, round(s * scale / 4) * 4) for s in size], mode="bilinear", antialias=True
-            )
+            xc = F.interpolate(xc, size=resized_shape(*size, self.cae_size), mode="bilinear", antialias=True)
         host, dev = self.generators()
 
         def perturb(base: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from augment.deepaugment import DeepAugment
-from augment.images import list_images, load_image, save_image
+from augment.images import list_images, load_image, resized_shape, save_image
 
 OUTPUT_DIRS = ("EDSR", "CAE")
 
@@ -37,12 +37,6 @@ def shard_files(files: list[Path], shard: int, num_shards: int, by: str = "class
     classes = sorted({f.parent.name for f in files})
     mine = set(classes[shard * len(classes) // num_shards : (shard + 1) * len(classes) // num_shards])
     return [f for f in files if f.parent.name in mine]
-
-
-def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
-    """Short side ``size``, long side scaled and rounded to a multiple of 4 (the networks need it)."""
-    scale = size / min(height, width)
-    return tuple(max(4, round(s * scale / 4) * 4) for s in (height, width))
 
 
 class _Images(Dataset):

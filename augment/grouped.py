@@ -29,13 +29,14 @@ def group_layout(m: int, images_per_network: int) -> tuple[int, int]:
 
 def stack_weights(
     base: Mapping[str, Tensor], variants: Sequence[Mapping[str, Tensor]]
-) -> tuple[Weights, Weights]:
+) -> tuple[Weights, dict[str, int | None]]:
     """Stack per-group weight dicts: (weights, in_dims) for :func:`grouped_forward`.
 
     A name whose tensor is the base tensor in every variant stays shared (in_dim None); any other name is stacked
     to [G, ...] (in_dim 0).
     """
-    weights, in_dims = {}, {}
+    weights: Weights = {}
+    in_dims: dict[str, int | None] = {}
     for name, tensor in base.items():
         if all(v[name] is tensor for v in variants):
             weights[name], in_dims[name] = tensor, None
@@ -74,10 +75,13 @@ def grouped_forward(
 def per_sample_conv2d(x: Tensor, weight: Tensor, dilation: int = 1) -> Tensor:
     """Convolve each sample with its own kernel, "same" padding: x [b, C, H, W], weight [b, O, C, k, k] -> [b, O, H, W].
 
-    The samples are folded into channels and run as one grouped convolution (groups=b).
+    The samples are folded into channels and run as one grouped convolution (groups=b); 1x1 kernels run as a
+    batched matrix product.
     """
     b, c, h, w = x.shape
     k = weight.shape[-1]
+    if k == 1:
+        return torch.bmm(weight.flatten(2), x.reshape(b, c, h * w)).view(b, -1, h, w)
     out = F.conv2d(
         x.reshape(1, b * c, h, w),
         weight.reshape(b * weight.shape[1], c, k, k),

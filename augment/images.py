@@ -30,6 +30,12 @@ def list_images(root: Path | str) -> list[Path]:
     return files
 
 
+def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """(H, W) with short side ``size`` and the long side scaled and rounded to a multiple of 4 (the networks need it)."""
+    scale = size / min(height, width)
+    return tuple(max(size, round(s * scale / 4) * 4) for s in (height, width))
+
+
 def load_image(path: Path, size: int | None = None) -> Tensor:
     """Read an RGB image as float [3, H, W] in [0, 1]; with ``size``: short side resized to it, centre-cropped square."""
     with Image.open(path) as img:

@@ -98,13 +98,11 @@ def _conv_weights(weight: Tensor, kernel: Tensor) -> Tensor:
 def _shift_conv0(w: Weights, host: Generator, dev: Generator) -> None:  # 8
     key = _w(_pick(host, (1, 5, 9)), 0)
     channels = w[key].shape[1]
-    rows = torch.arange(channels)
-    one_hot = torch.zeros(channels, 3, 3)
     sign = torch.tensor(draw_ints(host, 0, 2, channels), dtype=torch.float32) * 2 - 1
-    one_hot[
-        rows, torch.tensor(draw_ints(host, 0, 3, channels)), torch.tensor(draw_ints(host, 0, 3, channels))
-    ] = sign
-    kernel = one_hot.expand(channels, -1, -1, -1).to(w[key].device, w[key].dtype)
+    ys, xs = (torch.tensor(draw_ints(host, 0, 3, channels)) for _ in range(2))
+    one_hot = torch.zeros(channels, 3, 3)
+    one_hot[torch.arange(channels), ys, xs] = sign  # input channel j: tap (ys[j], xs[j]) with sign[j]
+    kernel = one_hot.expand(channels, -1, -1, -1).to(w[key].device, w[key].dtype)  # the same for every output
     w[key] = _conv_weights(w[key], kernel)
 
 
