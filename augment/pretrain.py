@@ -2,7 +2,7 @@
 
 EDSR learns x4 super-resolution (MSE on antialiased-bicubic-downscaled crops) and the CAE learns
 reconstruction (MSE through the stochastic binarisation, straight-through gradient), in 60 % and 40 % of the time
-budget (Adam, 20 warm-up steps, cosine decay over wall time). Both start from working linear codecs so that short
+budget (Adam, 20 warm-up steps, cosine decay over wall time). Both start from working codecs so that short
 CPU budgets still give faithful networks: EDSR from the least-squares linear x4 upsampler of the data
 (:func:`init_edsr_upsampler`), the CAE from a blurry thermometer-code codec (:func:`init_cae_codec`); training
 adds detail. Quality is measured on held-out images: EDSR PSNR against bicubic upsampling of the same input, and
