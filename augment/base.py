@@ -69,6 +69,14 @@ class RandomAugmentation(nn.Module):
             self._device_gen = self._new_device_generator(self.device)
         return self._host_gen, self._device_gen
 
+    def reseed(self, seed: int) -> None:
+        """Restart both generators from ``seed`` (e.g. ``seed + rank`` so DDP ranks draw differently)."""
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        self.seed = seed
+        self._host_gen = torch.Generator().manual_seed(seed)
+        self._device_gen = self._new_device_generator(self.device)
+
     def get_rng_state(self) -> Tensor:
         """Both generator states as one uint8 CPU tensor (save it in checkpoints)."""
         host, device = self.generators()

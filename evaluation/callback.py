@@ -109,7 +109,9 @@ class VariantEvaluator(L.Callback):
         self.outputs = {}
         self.last_outputs = outputs
         self.results = results
-        pl_module.log_dict({k: v for k, v in results.items() if math.isfinite(v)}, sync_dist=False)
+        pl_module.log_dict(
+            {k: v for k, v in results.items() if math.isfinite(v)}, rank_zero_only=True
+        )  # same on every rank
         if trainer.is_global_zero:
             self.append_history(trainer, results)
 

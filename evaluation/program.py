@@ -114,7 +114,7 @@ def build_data(conf: EvaluateConfig) -> tuple[ImageNetDataModule, EvalSuite]:
         data.classes,
         eval_transform(conf.data),
         conf.data.name,
-        minival=data.minival_samples,
+        minival=data.minival_samples if "minival" in conf.eval.variants else (),
         paths=conf.eval.paths,
         real_labels=conf.data.real_labels,
         strict=conf.eval.strict,

@@ -2,7 +2,7 @@
 
 Variants that read the same folder share one forward pass (``imagenet``, ``imagenet-real`` and the
 in-distribution half of ``imagenet-o`` all read ``val``). Paths are relative to the data root
-(the embedded benchmark holds every variant there); ``eval.paths.<variant>=<folder>`` points a
+(the embedded benchmark holds every variant there); ``+eval.paths.<variant>=<folder>`` points a
 variant at a release stored elsewhere, e.g. ``eval.paths.imagenet-a=/data/imagenet-a``.
 """
 

@@ -22,7 +22,7 @@ from train.config import register_configs
 from train.module import NonFiniteLossError
 from train.program import run
 
-RESUME_ARGS = [
+RESUME_ARGS = [  # every random stream: loader order, workers, mixup, dropout, augmentation
     *TINY,
     "trainer.max_epochs=3",
     "trainer.limit_train_batches=8",
@@ -30,6 +30,8 @@ RESUME_ARGS = [
     "optim.warmup_epochs=0.5",
     "mixup.mixup_alpha=0.2",
     "model.drop_rate=0.2",
+    "augment=noise2net",  # its generator state must replay too
+    "eval=clean",
 ]
 
 

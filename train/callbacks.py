@@ -36,14 +36,15 @@ def numpy_state_to_plain(state: tuple) -> tuple:
 
 
 class RandomStateCheckpoint(L.Callback):
-    """Saves every random state in checkpoints and restores it when training resumes.
+    """Saves the global random states in checkpoints and restores them when training resumes.
 
-    Python, numpy, torch (CPU and CUDA) generators and the augmentation generator are captured at
-    checkpoint time (epoch end, after validation). They are re-applied as soon as Lightning
-    restores callback states, before it creates the first training iterator (whose shuffling and
-    worker seeds come from the torch generator), so the resumed run draws the same numbers as an
-    uninterrupted one. A sanity-check validation (``trainer.num_sanity_val_steps > 0``) draws
-    worker seeds in between and breaks bit-exactness; it is off by default.
+    Python, numpy and torch (CPU and CUDA) generators are captured at checkpoint time (epoch end,
+    after validation). They are re-applied as soon as Lightning restores callback states, before
+    it creates the first training iterator (whose shuffling and worker seeds come from the torch
+    generator), so the resumed run draws the same numbers as an uninterrupted one. The
+    augmentation's own generators are saved by the module. A sanity-check validation
+    (``trainer.num_sanity_val_steps > 0``) draws worker seeds in between and breaks
+    bit-exactness; it is off by default.
     """
 
     def state_dict(self) -> dict[str, Any]:
@@ -61,16 +62,6 @@ class RandomStateCheckpoint(L.Callback):
         torch.set_rng_state(state_dict["torch"])
         if state_dict["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state_dict["cuda"])
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        augment = getattr(pl_module, "augment", None)
-        if augment is not None and hasattr(augment, "get_rng_state"):
-            checkpoint["augment_rng_state"] = augment.get_rng_state()
-
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        augment = getattr(pl_module, "augment", None)
-        if augment is not None and "augment_rng_state" in checkpoint:
-            augment.set_rng_state(checkpoint["augment_rng_state"])
 
 
 class HealthMonitor(L.Callback):

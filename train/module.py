@@ -17,6 +17,7 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch import Tensor, nn
 
+from augment.base import RandomAugmentation
 from train.config import MixupConfig, ModelConfig, OptimConfig
 from train.heads import SigmoidHead, SoftmaxHead
 
@@ -103,6 +104,7 @@ class ClassifierModule(L.LightningModule):
             else None
         )
         object.__setattr__(self, "augment", augment)  # not a submodule on purpose
+        self.resumed_augment_state: Any = None
         self.forward_model = torch.compile(self.classifier) if model.compile else self.classifier
 
     # --- forward -----------------------------------------------------------------------------
@@ -124,15 +126,32 @@ class ClassifierModule(L.LightningModule):
 
     # --- training ------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
+        """Move the augmentation to the device; give each DDP rank its own stream (seed + rank);
+        then restore a resumed run's augmentation state (device generators exist only now)."""
+        if self.augment is None:
+            return
+        self.augment.to(self.device)
+        if self.trainer.world_size > 1:
+            for part in self.augment.modules():
+                if isinstance(part, RandomAugmentation):
+                    part.reseed(part.seed + self.trainer.global_rank)
+        if self.resumed_augment_state is not None:
+            self.augment.set_rng_state(self.resumed_augment_state)
+            self.resumed_augment_state = None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.augment is not None:
-            self.augment.to(self.device)
+            checkpoint["augment_rng_state"] = self.augment.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.resumed_augment_state = checkpoint.get("augment_rng_state")
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Augment (on the device, no grad) -> mixup -> forward -> head loss. Only training batches
         pass here, so validation batches are never augmented."""
         images, target = batch[0], batch[1]
-        if self.augment is not None:
-            with torch.no_grad():
+        if self.augment is not None:  # in the input precision, outside autocast
+            with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
                 images = self.augment(images)
         if self.mixup is not None:
             images, target = self.mixup(images, target)

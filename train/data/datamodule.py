@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from functools import cached_property
 from pathlib import Path
 
 import lightning as L
@@ -110,11 +111,23 @@ class ImageNetDataModule(L.LightningDataModule):
         self.root = resolve_root(cfg, self.cache_dir)
         self.classes = load_classes(cfg, self.root)
         self.train_set: ImageFolderDataset | None = None
-        self.train_samples, self.minival_samples = split_minival(
-            scan_folder(find_split(self.root, "train"), self.classes), cfg.minival_fraction
-        )
         self.eval_sources: list = []  # evaluation.suite.EvalSource, set by the program that evaluates
         self.max_eval_images: int | None = None  # per-epoch cap; validate() outside fit scores all
+
+    @cached_property
+    def split(self) -> tuple[list[Sample], list[Sample]]:
+        """(train samples, minival samples) of the train folder, scanned on first use."""
+        return split_minival(
+            scan_folder(find_split(self.root, "train"), self.classes), self.cfg.minival_fraction
+        )
+
+    @property
+    def train_samples(self) -> list[Sample]:
+        return self.split[0]
+
+    @property
+    def minival_samples(self) -> list[Sample]:
+        return self.split[1]
 
     @property
     def num_classes(self) -> int:
