@@ -51,9 +51,13 @@ def test_training_run_writes_every_output(tmp_path: Path, bench_root: Path, cach
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["experiment"] == experiment
     for variant in VARIANTS:
-        if variant != "imagenet-o":
+        if variant not in ("imagenet-o", "imagenet-p"):  # detection and stability, no accuracy
             assert 0.0 <= metrics[f"val/{variant}/top1"] <= 100.0
     assert 0.0 <= metrics["val/imagenet-o/auroc"] <= 1.0 and metrics["val/imagenet-c/mce"] > 0
+    assert (
+        metrics["val/imagenet-c-gen/mce"] > 0 and metrics["val/imagenet-c-gen/n"] == 10 * 75
+    )  # full grid at the end
+    assert 0.0 <= metrics["val/imagenet-p/fp"] <= 1.0 and metrics["val/imagenet-p/n"] == 2
     assert metrics["val/imagenet-c/n"] == len(list((bench_root / "imagenet-c").rglob("*.JPEG")))
     val_files = sorted((bench_root / "val").rglob("*.JPEG"))
     real = json.loads((bench_root / "real.json").read_text())
