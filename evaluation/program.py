@@ -21,7 +21,7 @@ from torch import nn
 from evaluation.callback import VariantEvaluator
 from evaluation.config import EvaluateConfig
 from evaluation.logits import save_logits
-from evaluation.results import write_results_csv
+from evaluation.results import write_scores
 from evaluation.suite import EvalSuite, build_suite
 from train.config import MixupConfig, OptimConfig
 from train.data.benchmark import default_cache_dir
@@ -30,8 +30,7 @@ from train.data.transforms import eval_transform
 from train.heads import create_head
 from train.module import ClassifierModule
 from train.program import corruption_reference, generated_scorer
-from train.run_dir import check_writable, write_config, write_json
-from train.summary import format_table
+from train.run_dir import check_writable, write_config
 from train.validate import check_trainer_args, resolve_precision
 
 log = logging.getLogger("evaluation")
@@ -153,18 +152,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     results = {**evaluator.results, "experiment": conf.experiment}
     if trainer.is_global_zero:
         write_config(output_dir, cfg)
-        write_json(output_dir / "metrics.json", results)
-        write_results_csv(
-            evaluator.results,
-            output_dir / "results.csv",
-            model_name=f"{conf.model.name}.{conf.experiment}",
-            param_count=sum(p.numel() for p in module.classifier.parameters()),
-            img_size=conf.data.image_size,
-            crop_pct=conf.data.crop_pct,
-            interpolation=conf.data.interpolation,
+        table = write_scores(
+            output_dir, evaluator.results, conf.experiment, conf.model.name, module.classifier, conf.data
         )
-        table = format_table(evaluator.results)
-        (output_dir / "results.txt").write_text(table + "\n")
         if conf.save_logits:
             files = save_logits(suite, evaluator.last_outputs, output_dir / "logits")
             log.info("logits of %d variants in %s", len(files), output_dir / "logits")

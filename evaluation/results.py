@@ -16,6 +16,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
+import torch
+
+from train.config import DataConfig
+from train.run_dir import write_json
+from train.summary import format_table
 
 COLUMNS = (
     "model",
@@ -112,3 +117,28 @@ def write_results_csv(
     tmp = path.with_name(f".{path.name}.tmp")
     table.to_csv(tmp, index=False, float_format="%.3f")
     tmp.replace(path)
+
+
+def write_scores(
+    folder: Path,
+    scores: Mapping[str, float],
+    experiment: str,
+    model_name: str,
+    classifier: torch.nn.Module,
+    data: DataConfig,
+) -> str:
+    """Write ``metrics.json`` (scores + experiment), ``results.csv`` and ``results.txt`` (the table,
+    also returned) of one model into ``folder``."""
+    write_json(folder / "metrics.json", {**scores, "experiment": experiment})
+    write_results_csv(
+        scores,
+        folder / "results.csv",
+        model_name=f"{model_name}.{experiment}",
+        param_count=sum(p.numel() for p in classifier.parameters()),
+        img_size=data.image_size,
+        crop_pct=data.crop_pct,
+        interpolation=data.interpolation,
+    )
+    table = format_table(dict(scores))
+    (folder / "results.txt").write_text(table + "\n")
+    return table

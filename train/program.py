@@ -23,7 +23,7 @@ from evaluation.generated import GeneratedCorruptions
 from evaluation.metrics import ALEXNET, CorruptionReference
 from evaluation.plots import PlotWriter
 from evaluation.registry import metric_spec
-from evaluation.results import write_results_csv
+from evaluation.results import write_scores
 from evaluation.suite import VAL, EvalSuite, build_suite
 from evaluation.variants import MINIVAL
 from train.augmentation import build_augment, write_preview
@@ -37,7 +37,6 @@ from train.heads import create_head
 from train.loggers import create_logger
 from train.module import ClassifierModule
 from train.run_dir import run_id, write_config, write_json, write_provenance
-from train.summary import format_table
 from train.validate import check_trainer_args, resolve_precision
 
 log = logging.getLogger("train")
@@ -205,19 +204,10 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
         trainer.validate(module, datamodule=data, verbose=False)
     results = {**evaluator.results, "experiment": conf.experiment}
     if trainer.is_global_zero:
-        write_json(run_dir / "metrics.json", results)
-        write_results_csv(
-            evaluator.results,
-            run_dir / "results.csv",
-            model_name=f"{conf.model.name}.{conf.experiment}",
-            param_count=sum(p.numel() for p in module.classifier.parameters()),
-            img_size=conf.data.image_size,
-            crop_pct=conf.data.crop_pct,
-            interpolation=conf.data.interpolation,
+        table = write_scores(
+            run_dir, evaluator.results, conf.experiment, conf.model.name, module.classifier, conf.data
         )
         write_json(run_dir / "phases.json", phases.seconds)
-        table = format_table(evaluator.results)
-        (run_dir / "results.txt").write_text(table + "\n")
         print(table)
         print(f"run directory: {run_dir}")
     if logger is not None and hasattr(logger, "experiment") and conf.logger.name == "wandb":
