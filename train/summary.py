@@ -19,6 +19,8 @@ COLUMNS = (
     "fpr95",
     "mce",
     "rel_mce",
+    "fp",
+    "t5d",
     "n",
 )
 
