@@ -66,6 +66,7 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("n", "count", None, "number of scored images"),
         MetricSpec("n_in", "count", None, "number of in-distribution images (OOD detection)"),
         MetricSpec("clean_top1", "%", "max", "top-1 on val images of the same class subset (ImageNet-200)"),
+        MetricSpec("clean_top5", "%", "max", "top-5 on val images of the same class subset"),
         MetricSpec("gap", "%", "min", "clean_top1 minus the variant's top-1"),
     )
 }

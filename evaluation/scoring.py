@@ -165,11 +165,12 @@ def variant_scores(
             raise ValueError(f"{variant.name} needs val images of its classes as the in-distribution set")
         return ood_scores(val.logits[in_subset][:, indices], restricted, probs_fn)
     scores = classification_scores(restricted, out.target, probs_fn(restricted))
-    if variant.name == "imagenet-r" and val is not None and in_subset.any():
+    if val is not None and in_subset.any():  # the same classes on clean val ("ImageNet-200")
         position = torch.full((int(indices.max()) + 1,), -1, dtype=torch.long)
         position[indices] = torch.arange(len(indices))
-        clean = val.logits[in_subset][:, indices].argmax(1) == position[val.target[in_subset]]
-        scores["clean_top1"] = 100.0 * clean.double().mean().item()
+        k = min(5, len(indices))
+        clean = M.topk_correct(val.logits[in_subset][:, indices], position[val.target[in_subset]], ks=(1, k))
+        scores["clean_top1"], scores["clean_top5"] = M.accuracy(clean[1]), M.accuracy(clean[k])
         scores["gap"] = scores["clean_top1"] - scores["top1"]
     return scores
 

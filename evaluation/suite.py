@@ -183,9 +183,9 @@ def build_suite(
                 wnids, subsets[variant.name] = subset_indices(variant.subset, root, classes)
                 folder = folder_of(variant)
                 source = add_source(str(folder), lambda f=folder, w=wnids: (scan_folder(f, w), {}))
-                if variant.kind == "ood" or variant.name == "imagenet-r":  # scored against val images
-                    val = folder_of(get_variant("imagenet"))
-                    add_source(VAL, lambda v=val: (scan_folder(v, classes), {}))
+                # scored against val images of the same classes (O: in-distribution; A, R: clean accuracy)
+                val = folder_of(get_variant("imagenet"))
+                add_source(VAL, lambda v=val: (scan_folder(v, classes), {}))
             else:
                 folder = folder_of(variant)
                 key = VAL if variant.path == VAL and variant.name not in paths else str(folder)
