@@ -22,11 +22,8 @@ from evaluation.callback import VariantEvaluator
 from evaluation.config import EvaluateConfig
 from evaluation.logits import save_logits
 from evaluation.results import write_scores
-from evaluation.suite import EvalSuite, build_suite
+from evaluation.suite import build_data
 from train.config import MixupConfig, OptimConfig
-from train.data.benchmark import default_cache_dir
-from train.data.datamodule import ImageNetDataModule
-from train.data.transforms import eval_transform
 from train.heads import create_head
 from train.module import ClassifierModule
 from train.program import corruption_reference, generated_scorer
@@ -101,27 +98,6 @@ def build_model(conf: EvaluateConfig, num_classes: int) -> ClassifierModule:
         load_weights(module.classifier, state, what, "give the model.name these weights belong to")
     module.eval()
     return module
-
-
-def build_data(conf: EvaluateConfig) -> tuple[ImageNetDataModule, EvalSuite]:
-    """The data module with one evaluation source per folder of the configured variants."""
-    cache_dir = Path(conf.paths.cache_dir) if conf.paths.cache_dir else default_cache_dir()
-    data = ImageNetDataModule(conf.data, cache_dir=cache_dir, seed=conf.seed)
-    suite = build_suite(
-        conf.eval.variants,
-        data.root,
-        data.classes,
-        eval_transform(conf.data),
-        conf.data.name,
-        minival=data.minival_samples if "minival" in conf.eval.variants else (),
-        paths=conf.eval.paths,
-        real_labels=conf.data.real_labels,
-        strict=conf.eval.strict,
-    )
-    if not suite.sources:
-        raise ValueError(f"none of eval.variants={conf.eval.variants} was found under {data.root}")
-    data.eval_sources = suite.sources
-    return data, suite
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

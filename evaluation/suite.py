@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import timm.data
 import torch
@@ -14,8 +15,14 @@ from torch.utils.data import Dataset, Subset
 
 from evaluation.metrics import IMAGENET_C_CORRUPTIONS, IMAGENET_C_EXTRA
 from evaluation.variants import MINIVAL, Variant, get_variant
-from train.data.datamodule import find_split
+from train.data.benchmark import default_cache_dir
+from train.data.datamodule import ImageNetDataModule, find_split
 from train.data.folder import DataLayoutError, ImageFolderDataset, Sample, scan_folder
+from train.data.transforms import eval_transform
+
+if TYPE_CHECKING:
+    from evaluation.config import EvaluateConfig
+    from train.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -202,3 +209,25 @@ def build_suite(
             continue
         source.variants.append(variant)
     return EvalSuite(list(sources.values()), subsets)
+
+
+def build_data(conf: Config | EvaluateConfig) -> tuple[ImageNetDataModule, EvalSuite]:
+    """The data module (``conf.data``) with one evaluation source per folder of ``conf.eval.variants``;
+    shared by the training and evaluation programs."""
+    cache_dir = Path(conf.paths.cache_dir) if conf.paths.cache_dir else default_cache_dir()
+    data = ImageNetDataModule(conf.data, cache_dir=cache_dir, seed=conf.seed)
+    suite = build_suite(
+        conf.eval.variants,
+        data.root,
+        data.classes,
+        eval_transform(conf.data),
+        conf.data.name,
+        minival=data.minival_samples if "minival" in conf.eval.variants else (),
+        paths=conf.eval.paths,
+        real_labels=conf.data.real_labels,
+        strict=conf.eval.strict,
+    )
+    if not suite.sources:
+        raise ValueError(f"none of eval.variants={conf.eval.variants} was found under {data.root}")
+    data.eval_sources = suite.sources
+    return data, suite

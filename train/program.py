@@ -24,12 +24,12 @@ from evaluation.metrics import ALEXNET, CorruptionReference
 from evaluation.plots import PlotWriter
 from evaluation.registry import metric_spec
 from evaluation.results import write_scores
-from evaluation.suite import VAL, EvalSuite, build_suite
+from evaluation.suite import VAL, EvalSuite, build_data
 from evaluation.variants import MINIVAL
 from train.augmentation import build_augment, write_preview
 from train.callbacks import AtomicCheckpointIO, BadFileReport, HealthMonitor, RandomStateCheckpoint
 from train.config import Config, EvalConfig
-from train.data.benchmark import benchmark_hash, default_cache_dir
+from train.data.benchmark import benchmark_hash
 from train.data.datamodule import ImageNetDataModule, find_split
 from train.data.folder import ImageFolderDataset
 from train.data.transforms import eval_transform
@@ -86,21 +86,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
     head = create_head(**vars(conf.head))
     L.seed_everything(conf.seed, workers=True)
 
-    cache_dir = Path(conf.paths.cache_dir) if conf.paths.cache_dir else default_cache_dir()
     with phases("data"):
-        data = ImageNetDataModule(conf.data, cache_dir=cache_dir, seed=conf.seed)
-        suite = build_suite(
-            conf.eval.variants,
-            data.root,
-            data.classes,
-            eval_transform(conf.data),
-            conf.data.name,
-            minival=data.minival_samples,
-            paths=conf.eval.paths,
-            real_labels=conf.data.real_labels,
-            strict=conf.eval.strict,
-        )
-        data.eval_sources = suite.sources
+        data, suite = build_data(conf)
         data.max_eval_images = conf.eval.max_images
     data_hash = benchmark_hash(data.root) if conf.data.name == "benchmark" else None
 
@@ -108,7 +95,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
         augment, augment_cfg = build_augment(
             cfg.augment,
             find_split(data.root, "train"),
-            cache_dir,
+            data.cache_dir,
             conf.data.image_size,
             conf.augment_pretrain,
         )
