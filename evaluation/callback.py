@@ -10,23 +10,14 @@ from typing import Any
 import lightning as L
 import pandas as pd
 import torch
-import torch.distributed as dist
 
+from evaluation.distributed import gather_concat, gather_objects
 from evaluation.generated import GeneratedCorruptions
 from evaluation.metrics import CorruptionReference
 from evaluation.scoring import SourceOutput, clean_error, score_suite
 from evaluation.suite import VAL, EvalSource, EvalSuite
 
 log = logging.getLogger(__name__)
-
-
-def gather_concat(tensor: torch.Tensor) -> torch.Tensor:
-    """Concatenate a CPU tensor over all ranks (ranks may hold different lengths)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, tensor)
-    return torch.cat(parts)
 
 
 class VariantEvaluator(L.Callback):
@@ -117,10 +108,7 @@ class VariantEvaluator(L.Callback):
 
     def report_unreadable(self, trainer: L.Trainer, source: EvalSource, indices: set[int]) -> None:
         """Rank 0 lists the unreadable images of a source (gathered from all ranks) in the run dir."""
-        parts: list[Any] = [indices]
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            parts = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, indices)
+        parts = gather_objects(indices)
         found = sorted(set().union(*parts))
         if found and trainer.is_global_zero:
             log.warning("%d unreadable images in %s excluded from its scores", len(found), source.key)

@@ -18,6 +18,7 @@ from torch import Tensor
 from evaluation import metrics as M
 from evaluation.corruptions import COMMON_CORRUPTIONS, NOISE_PERTURBATIONS, c_plan, c_subset, corrupt
 from evaluation.corruptions import perturbation_sequence as make_sequence
+from evaluation.distributed import gather_objects
 from evaluation.scoring import Scores, corruption_scores
 from evaluation.suite import C_NAMES
 
@@ -33,17 +34,6 @@ P_TEST = (
     "tilt",
     "scale",
 )  # ImageNet-P's 10 test perturbations
-
-
-def gather(tensor: Tensor) -> Tensor:
-    """Concatenate a CPU tensor over all ranks (lengths may differ)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return tensor
-    parts: list = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, tensor)
-    return torch.cat(parts)
 
 
 def image_generator(device: torch.device, seed: int, index: int, salt: int) -> torch.Generator:
@@ -128,7 +118,10 @@ class GeneratedCorruptions:
     ) -> dict[str, Scores]:
         """Gathered scores per variant name: ``imagenet-c-gen`` and ``imagenet-p``."""
         out: dict[str, Scores] = {}
-        cat = {k: gather(torch.cat(v)) if v else None for k, v in self.records.items()}
+        cat = {}  # every rank joins every gather, also one whose shard produced no records
+        for key, parts in self.records.items():
+            gathered = [t for rank_parts in gather_objects(parts) for t in rank_parts]
+            cat[key] = torch.cat(gathered) if gathered else None
         if self.score_c and cat["c_wrong"] is not None and len(cat["c_wrong"]):
             out["imagenet-c-gen"] = corruption_scores(
                 cat["c_wrong"], cat["c_corruption"], cat["c_severity"], clean_error, reference

@@ -12,8 +12,9 @@ import lightning as L
 import numpy as np
 import psutil
 import torch
-import torch.distributed as dist
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from evaluation.distributed import gather_objects
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -116,7 +117,6 @@ class BadFileReport(L.Callback):
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / "bad_files.txt"
         self.epoch_bad: list[int] = []
-        self.total = 0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.epoch_bad = []
@@ -128,12 +128,8 @@ class BadFileReport(L.Callback):
         self.epoch_bad.extend(bad[bad >= 0].tolist())
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        gathered = [self.epoch_bad]
-        if dist.is_available() and dist.is_initialized():
-            gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, self.epoch_bad)
+        gathered = gather_objects(self.epoch_bad)
         indices = sorted({i for part in gathered for i in part})
-        self.total += len(indices)
         pl_module.log("data/bad_files", float(len(indices)), on_epoch=True, rank_zero_only=True)
         if indices and trainer.is_global_zero:
             samples = trainer.datamodule.train_set.samples
