@@ -39,12 +39,37 @@ def _uniform(shape: tuple[int, ...], fan_in: int, dev: Generator, like: Tensor) 
 
 
 def _norm_(x: Tensor, relu: bool = True) -> Tensor:
-    """In-place instance norm (eps 1e-5, biased variance, no affine) of x [m, C, H, W], then ReLU."""
-    mean = x.mean((2, 3), keepdim=True)  # (torch.var_mean is several times slower here on CPU)
-    var = (x.square().mean((2, 3), keepdim=True) - mean.square()).clamp_min(0)
-    rstd = (var + 1e-5).rsqrt()
+    """In-place instance norm (eps 1e-5, biased variance, no affine) of x [m, C, H, W], then ReLU.
+
+    Two reads (sum, sum of squares via ``vector_norm``, no squared copy) and one in-place write.
+    """
+    n = x.shape[-2] * x.shape[-1]
+    mean = x.sum((2, 3), keepdim=True) / n
+    mean_sq = torch.linalg.vector_norm(x, dim=(2, 3), keepdim=True).square_() / n
+    rstd = (mean_sq - mean.square()).clamp_min_(0).add_(1e-5).rsqrt_()
     torch.addcmul(-mean * rstd, x, rstd, out=x)
     return x.relu_() if relu else x
+
+
+def _expand_norm_relu(z: Tensor, weight: Tensor, out: Tensor) -> Tensor:
+    """ReLU(instance_norm(1x1 conv of z)) written group-major into ``out``.
+
+    z [m, 3, H, W], weight [m, G * w, 3] -> out [G, m, w, H, W] (group g holds output channels g*w .. g*w + w - 1,
+    contiguous). The norm's statistics follow from z's per-image mean and 3x3 covariance, so they are folded into
+    the conv's weight and bias: matrix products write the normalised tensor directly.
+    """
+    m, c, h, w = z.shape
+    flat = z.reshape(m, c, h * w)
+    mean = flat.mean(2, keepdim=True)  # [m, 3, 1]
+    centred = flat - mean
+    cov = torch.bmm(centred, centred.transpose(1, 2)) / (h * w)  # [m, 3, 3], biased
+    var = torch.einsum("moc,mcd,mod->mo", weight, cov, weight)
+    scaled = weight * (var + 1e-5).rsqrt().unsqueeze(2)
+    affine = torch.cat([scaled, -torch.bmm(scaled, mean)], dim=2)  # [m, G * w, 4]: weight | bias
+    inputs = torch.cat([flat, torch.ones_like(flat[:, :1])], dim=1)
+    for group, part in zip(out, affine.split(out.shape[2], dim=1), strict=True):
+        torch.bmm(part, inputs, out=group.view(m, -1, h * w))
+    return out.relu_()
 
 
 class ConvGroup(NamedTuple):
@@ -63,21 +88,38 @@ class BlockParams(NamedTuple):
     project: Tensor  # [m, 3, scale * width] 1x1 conv
 
 
-def res2net_block(z: Tensor, params: BlockParams) -> Tensor:
+def res2net_block(z: Tensor, params: BlockParams, expanded: Tensor | None = None) -> Tensor:
     """Apply per-sample random Res2Net blocks: z [m, 3, H, W] -> [m, 3, H, W], each channel normalised per image.
 
-    The hierarchical convs write their (normalised) outputs into the expanded tensor in place of the group they
-    read, so the block needs no concatenation.
+    ``expanded`` [scale, m, width, H, W] is scratch space that is overwritten; passing the same one to every block
+    saves re-allocating (on the CPU: page-faulting) the largest tensor. Each group's running sum is formed in
+    place, hierarchical conv outputs of mixed kernel variants are written back into it, and the final 1x1 conv
+    sums over the groups, so the block needs no concatenation.
     """
-    h = _norm_(torch.einsum("mchw,moc->mohw", z, params.expand))
-    splits = h.split(h.shape[1] // (len(params.convs) + 1), dim=1)
-    sp = None
-    for split, groups in zip(splits[:-1], params.convs, strict=True):
-        sp = split.clone() if sp is None else sp + split
-        for rows, weight, dilation in groups:
-            split[rows] = per_sample_conv2d(sp[rows], weight, dilation)
-        sp = _norm_(split)
-    return _norm_(torch.einsum("mchw,moc->mohw", h, params.project), relu=False)
+    m, _, h, w = z.shape
+    scale = len(params.convs) + 1
+    width = params.expand.shape[1] // scale
+    if expanded is None:
+        expanded = z.new_empty(scale, m, width, h, w)
+    groups_in = _expand_norm_relu(z, params.expand, expanded)
+    outs = []
+    for sp, variants in zip(groups_in[:-1], params.convs, strict=True):
+        if outs:
+            sp.add_(outs[-1])
+        if len(variants) == 1:
+            rows, weight, dilation = variants[0]
+            out = per_sample_conv2d(sp, weight, dilation)
+        else:  # rows of different variants are disjoint: writing one variant's rows never changes another's input
+            for rows, weight, dilation in variants:
+                sp.index_copy_(0, rows, per_sample_conv2d(sp.index_select(0, rows), weight, dilation))
+            out = sp
+        outs.append(_norm_(out))
+    outs.append(groups_in[-1])
+    project = params.project.split(width, dim=2)
+    y = torch.bmm(project[0], outs[0].view(m, width, h * w))
+    for weight, group in zip(project[1:], outs[1:], strict=True):
+        y.baddbmm_(weight, group.view(m, width, h * w))
+    return _norm_(y.view(m, 3, h, w), relu=False)
 
 
 class Noise2Net(RandomAugmentation):
@@ -135,8 +177,9 @@ class Noise2Net(RandomAugmentation):
         eps = torch.rand(m, generator=host) * (self.max_eps / 2) + self.max_eps / 2
         eps = eps.to(x.device, non_blocking=True).view(-1, 1, 1, 1)
         z = (x - self.mean) / self.std
+        expanded = z.new_empty(self.scale, m, self.hidden_planes, *z.shape[2:])
         for _ in range(self.num_blocks):
-            z = z + eps * res2net_block(z, self.sample_block(m, z))
+            z = torch.addcmul(z, eps, res2net_block(z, self.sample_block(m, z), expanded))
         return (z * self.std + self.mean).clamp(0, 1)
 
     def sample_block(self, m: int, like: Tensor) -> BlockParams:
