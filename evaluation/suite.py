@@ -18,6 +18,7 @@ from evaluation.variants import MINIVAL, Variant, get_variant
 from train.data.benchmark import default_cache_dir
 from train.data.datamodule import ImageNetDataModule, find_split
 from train.data.folder import DataLayoutError, ImageFolderDataset, Sample, scan_folder
+from train.data.shards import ShardSets
 from train.data.transforms import eval_transform
 
 if TYPE_CHECKING:
@@ -149,9 +150,11 @@ def build_suite(
     paths: Mapping[str, str] | None = None,
     real_labels: str | None = None,
     strict: bool = False,
+    shards: ShardSets | None = None,
 ) -> EvalSuite:
     """Datasets of the requested variants; a variant absent from disk is skipped with one warning
-    naming the expected path (an error with ``strict``)."""
+    naming the expected path (an error with ``strict``). A variant whose folder was written to
+    ``shards`` (and not redirected by ``paths``) is read from its shard set, image for image."""
     paths = dict(paths or {})
     for name in paths:  # eval.paths keys must be variant names
         get_variant(name)
@@ -161,7 +164,14 @@ def build_suite(
     def folder_of(variant: Variant) -> Path:
         if variant.name in paths:
             return Path(paths[variant.name])
+        if shards is not None and variant.path in shards.names:
+            return shards.folder(variant.path)
         return find_split(root, VAL) if variant.path == VAL else root / variant.path
+
+    def scan(folder: Path, wnids: Sequence[str] | None, layout: str = "wnid") -> list[Sample]:
+        if shards is not None and shards.holds(folder):
+            return shards.scan(folder, wnids, layout)
+        return scan_folder(folder, wnids, layout)
 
     def add_source(key: str, make: Callable[[], tuple[list[Sample], dict[str, torch.Tensor]]]) -> EvalSource:
         if key not in sources:
@@ -177,7 +187,7 @@ def build_suite(
                 source = add_source(MINIVAL, lambda: (list(minival), {}))
             elif variant.kind == "generated":
                 val = folder_of(get_variant("imagenet"))
-                source = add_source(VAL, lambda v=val: (scan_folder(v, classes), {}))
+                source = add_source(VAL, lambda v=val: (scan(v, classes), {}))
             elif variant.kind == "corruption":
                 folder = folder_of(variant)
 
@@ -189,14 +199,14 @@ def build_suite(
             elif variant.kind in ("subset", "ood"):
                 wnids, subsets[variant.name] = subset_indices(variant.subset, root, classes)
                 folder = folder_of(variant)
-                source = add_source(str(folder), lambda f=folder, w=wnids: (scan_folder(f, w), {}))
+                source = add_source(str(folder), lambda f=folder, w=wnids: (scan(f, w), {}))
                 # scored against val images of the same classes (O: in-distribution; A, R: clean accuracy)
                 val = folder_of(get_variant("imagenet"))
-                add_source(VAL, lambda v=val: (scan_folder(v, classes), {}))
+                add_source(VAL, lambda v=val: (scan(v, classes), {}))
             else:
                 folder = folder_of(variant)
                 key = VAL if variant.path == VAL and variant.name not in paths else str(folder)
-                source = add_source(key, lambda f=folder, v=variant: (scan_folder(f, classes, v.layout), {}))
+                source = add_source(key, lambda f=folder, v=variant: (scan(f, classes, v.layout), {}))
                 if variant.kind == "real" and "real_labels" not in source.extras:
                     files = [s.path for s in source.dataset.samples]
                     source.extras["real_labels"] = load_real_labels(
@@ -226,6 +236,7 @@ def build_data(conf: Config | EvaluateConfig) -> tuple[ImageNetDataModule, EvalS
         paths=conf.eval.paths,
         real_labels=conf.data.real_labels,
         strict=conf.eval.strict,
+        shards=data.shards,
     )
     if not suite.sources:
         raise ValueError(f"none of eval.variants={conf.eval.variants} was found under {data.root}")

@@ -36,6 +36,8 @@ class DataConfig:
     eval_batch_size: int | None = None  # per device; null: 2 x batch_size
     num_workers: int = 4
     minival_fraction: float = 0.01  # held out of train per class (deterministic), scored as "minival"
+    backend: str = "torchvision"  # training decode + augmentation: "torchvision" (PIL, timm) or "dali"
+    shards: str | None = None  # folder from `python -m train.shards`: train and its variants read from there
 
 
 @dataclass

@@ -30,7 +30,7 @@ from train.augmentation import build_augment, write_preview
 from train.callbacks import AtomicCheckpointIO, BadFileReport, HealthMonitor, RandomStateCheckpoint
 from train.config import Config, EvalConfig
 from train.data.benchmark import benchmark_hash
-from train.data.datamodule import ImageNetDataModule, find_split
+from train.data.datamodule import ImageNetDataModule
 from train.data.folder import ImageFolderDataset
 from train.data.transforms import eval_transform
 from train.heads import create_head
@@ -94,7 +94,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
     with phases("augment_setup"):
         augment, augment_cfg = build_augment(
             cfg.augment,
-            find_split(data.root, "train"),
+            data.root / "train",  # pretraining reads image files: with shards only, give weights
             data.cache_dir,
             conf.data.image_size,
             conf.augment_pretrain,

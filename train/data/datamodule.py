@@ -15,17 +15,22 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from train.config import DataConfig
 from train.data.benchmark import ensure_benchmark
 from train.data.folder import DataLayoutError, ImageFolderDataset, Sample, scan_folder
+from train.data.shards import EpochLoader, ShardSets, ShardStream
 from train.data.transforms import train_transform
 
 log = logging.getLogger(__name__)
 
 VAL_SPLIT_NAMES = ("val", "valid", "validation", "eval", "evaluation")  # the names timm looks for
+BACKENDS = ("torchvision", "dali")
+DALI_INSTALL = "pip install nvidia-dali-cuda130"
 
 
 def resolve_root(cfg: DataConfig, cache_dir: Path) -> Path:
     """The dataset root on disk; the embedded benchmark is generated into ``cache_dir`` on first use."""
     if cfg.name == "benchmark" and cfg.root is None:
         return ensure_benchmark(root=cache_dir, seed=cfg.seed)
+    if cfg.root is None and cfg.shards:  # the shard writer copies the label files there
+        return Path(cfg.shards).expanduser()
     if cfg.root is None:
         raise DataLayoutError(f"data={cfg.name} needs data.root=<folder with train/<wnid>/ and val/<wnid>/>")
     root = Path(cfg.root).expanduser()
@@ -108,18 +113,29 @@ class ImageNetDataModule(L.LightningDataModule):
         self.cfg = cfg
         self.cache_dir = Path(cache_dir)
         self.seed = seed
+        if cfg.backend not in BACKENDS:
+            raise ValueError(f"data.backend={cfg.backend!r} is unknown; use one of {', '.join(BACKENDS)}")
+        if cfg.backend == "dali" and cfg.shards:
+            raise ValueError(
+                "data.backend=dali reads image folders; unset data.shards or use backend=torchvision"
+            )
         self.root = resolve_root(cfg, self.cache_dir)
         self.classes = load_classes(cfg, self.root)
+        self.shards = ShardSets(cfg.shards) if cfg.shards else None
+        self.dropped_samples = 0  # training samples an epoch does not use (equal steps on every rank)
         self.train_set: ImageFolderDataset | None = None
         self.eval_sources: list = []  # evaluation.suite.EvalSource, set by the program that evaluates
         self.max_eval_images: int | None = None  # per-epoch cap; validate() outside fit scores all
 
     @cached_property
     def split(self) -> tuple[list[Sample], list[Sample]]:
-        """(train samples, minival samples) of the train folder, scanned on first use."""
-        return split_minival(
-            scan_folder(find_split(self.root, "train"), self.classes), self.cfg.minival_fraction
-        )
+        """(train samples, minival samples) of the train folder (or shard set), scanned on first use."""
+        if self.shards is not None:
+            self.shards.check_classes("train", self.classes)
+            samples = self.shards.scan(self.shards.folder("train"), self.classes)
+        else:
+            samples = scan_folder(find_split(self.root, "train"), self.classes)
+        return split_minival(samples, self.cfg.minival_fraction)
 
     @property
     def train_samples(self) -> list[Sample]:
@@ -144,10 +160,12 @@ class ImageNetDataModule(L.LightningDataModule):
         sampler: Sampler | None,
         drop_last: bool = False,
         shuffle: bool = False,
+        cls: type[DataLoader] = DataLoader,
+        **kwargs,
     ) -> DataLoader:
-        """A DataLoader with this config's workers; pinned memory when CUDA is present."""
+        """A DataLoader (or ``cls``) with this config's workers; pinned memory when CUDA is present."""
         workers = self.cfg.num_workers
-        return DataLoader(
+        return cls(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
@@ -157,22 +175,69 @@ class ImageNetDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             persistent_workers=False,
             multiprocessing_context="fork" if workers and os.name == "posix" else None,
+            **kwargs,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self):
+        """Batches ``(images [B,3,H,W] in [0,1], targets [B], indices [B], bad [B])``, the same number
+        on every rank, from the configured backend (torchvision, DALI, or shards)."""
         assert self.train_set is not None, "setup('fit') builds the train set"
         trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1:
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        loader = None
+        if self.shards is not None:
+            stream = ShardStream(
+                self.train_samples, self.train_set.transform, self.cfg.batch_size, rank, world, self.seed
+            )
+            epoch = (lambda: trainer.current_epoch) if trainer is not None else (lambda: 0)
+            loader = self.loader(
+                stream, self.cfg.batch_size, None, drop_last=True, cls=EpochLoader, epoch=epoch
+            )
+            self.dropped_samples = stream.dropped
+        elif self.cfg.backend == "dali":
+            loader = self.dali_loader(rank, world)
+        if loader is not None:
+            log.info(
+                "training: %d steps per epoch per rank, %d samples dropped per epoch",
+                len(loader),
+                self.dropped_samples,
+            )
+            if trainer is not None and trainer.logger is not None:
+                trainer.logger.log_metrics({"data/dropped_samples": float(self.dropped_samples)}, step=0)
+            return loader
+        if world > 1:
             sampler = DistributedSampler(
                 self.train_set,
-                num_replicas=trainer.world_size,
-                rank=trainer.global_rank,
+                num_replicas=world,
+                rank=rank,
                 shuffle=True,
                 seed=self.seed,
                 drop_last=True,
             )
             return self.loader(self.train_set, self.cfg.batch_size, sampler, drop_last=True)
         return self.loader(self.train_set, self.cfg.batch_size, None, drop_last=True, shuffle=True)
+
+    def dali_loader(self, rank: int, world: int):
+        """The DALI loader (GPU decoding when CUDA is present); None, with one warning, without DALI."""
+        try:
+            from train.data.dali import DaliTrainLoader
+        except ImportError as err:
+            log.warning(
+                "data.backend=dali: DALI is not installed (%s); using torchvision. Fix: %s", err, DALI_INSTALL
+            )
+            return None
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        loader = DaliTrainLoader(
+            self.train_samples,
+            self.cfg,
+            self.cfg.batch_size,
+            rank,
+            world,
+            self.seed,
+            device_id=device.index if device.type == "cuda" else None,
+        )
+        self.dropped_samples = loader.dropped
+        return loader
 
     def val_dataloader(self) -> list[DataLoader]:
         """One loader per evaluation source, capped to ``max_eval_images`` during fit."""

@@ -8,11 +8,13 @@ timm, so ``img2`` comes before ``img10``.
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -32,10 +34,27 @@ def natural_key(text: str) -> list[int | str]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
 
 
+class TarMember(NamedTuple):
+    """Where an image's bytes sit inside a shard written by ``python -m train.shards``."""
+
+    tar: str  # shard file
+    key: str  # webdataset sample key
+    offset: int  # byte offset of the image data in the tar
+    size: int  # bytes
+
+
 @dataclass(frozen=True)
 class Sample:
-    path: Path
+    path: Path  # the file, or for a shard member its path in the source tree (under the shard folder)
     target: int  # class index in the model's class list
+    member: TarMember | None = None  # set when the image is read from a shard
+
+
+def read_member(member: TarMember) -> bytes:
+    """The stored bytes of one shard member (one seek and one read)."""
+    with open(member.tar, "rb") as handle:
+        handle.seek(member.offset)
+        return handle.read(member.size)
 
 
 def scan_folder(root: Path, classes: Sequence[str] | None, layout: str = "wnid") -> list[Sample]:
@@ -51,10 +70,42 @@ def scan_folder(root: Path, classes: Sequence[str] | None, layout: str = "wnid")
         DataLayoutError: root missing, no class folders, or folders not matching the layout.
     """
     root = Path(root)
-    expected = "<root>/<wnid>/<image>" if layout == "wnid" else "<root>/<class index>/<image>"
     if not root.is_dir():
-        raise DataLayoutError(f"dataset folder {root} does not exist; expected the layout {expected}")
+        raise DataLayoutError(
+            f"dataset folder {root} does not exist; expected the layout {expected_layout(layout)}"
+        )
     folders = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: natural_key(p.name))
+    labels = folder_labels(root, [p.name for p in folders], classes, layout)
+    samples: list[Sample] = []
+    for folder in folders:
+        files = sorted(
+            (f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")),
+            key=lambda f: natural_key(f.name),
+        )
+        if not files:
+            log.warning("class folder %s is empty", folder)
+        samples.extend(Sample(f, labels[folder.name]) for f in files)
+    if not samples:
+        raise DataLayoutError(
+            f"{root} has class folders but no images; expected the layout {expected_layout(layout)}"
+        )
+    return samples
+
+
+def expected_layout(layout: str) -> str:
+    return "<root>/<wnid>/<image>" if layout == "wnid" else "<root>/<class index>/<image>"
+
+
+def folder_labels(
+    root: Path, names: Sequence[str], classes: Sequence[str] | None, layout: str = "wnid"
+) -> dict[str, int]:
+    """Class index of each class folder name under ``root`` (see :func:`scan_folder`).
+
+    Raises:
+        DataLayoutError: no folders, or folder names not matching the layout / class list.
+    """
+    expected = expected_layout(layout)
+    folders = [Path(name) for name in names]
     if not folders:
         raise DataLayoutError(f"{root} has no class folders; expected the layout {expected}")
     if layout == "int":
@@ -83,19 +134,7 @@ def scan_folder(root: Path, classes: Sequence[str] | None, layout: str = "wnid")
         labels = {p.name: index[p.name] for p in folders}
     else:
         raise ValueError(f"layout={layout!r} is unknown; use 'wnid' or 'int'")
-
-    samples: list[Sample] = []
-    for folder in folders:
-        files = sorted(
-            (f for f in folder.iterdir() if f.is_file() and not f.name.startswith(".")),
-            key=lambda f: natural_key(f.name),
-        )
-        if not files:
-            log.warning("class folder %s is empty", folder)
-        samples.extend(Sample(f, labels[folder.name]) for f in files)
-    if not samples:
-        raise DataLayoutError(f"{root} has class folders but no images; expected the layout {expected}")
-    return samples
+    return labels
 
 
 class ImageFolderDataset(Dataset):
@@ -119,7 +158,9 @@ class ImageFolderDataset(Dataset):
         return [s.target for s in self.samples]
 
     def load(self, index: int) -> Image.Image:
-        with Image.open(self.samples[index].path) as image:
+        sample = self.samples[index]
+        source = sample.path if sample.member is None else io.BytesIO(read_member(sample.member))
+        with Image.open(source) as image:
             return image.convert("RGB")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
