@@ -88,6 +88,8 @@ class OptimConfig:
     warmup_lr: float = 1e-6
     min_lr: float = 0.0
     clip_grad: float | None = None
+    lr_scaling: str = "none"  # "none" (lr as given) or "linear" (lr x global batch / lr_base_batch)
+    lr_base_batch: int = 256  # the global batch at which optim.lr holds under linear scaling
 
 
 @dataclass

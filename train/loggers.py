@@ -67,7 +67,7 @@ def create_logger(
     group: str,
     tags: list[str],
     config: dict[str, Any],
-    run_id: str,
+    run_id: str | None,
 ) -> Logger | None:
     """The configured Lightning logger writing into ``run_dir`` (``None`` for ``logger=none``)."""
     if cfg.name == "none":
@@ -92,3 +92,16 @@ def create_logger(
         config=config,
     )
     return logger
+
+
+def wandb_environment() -> dict[str, str]:
+    """The ``WANDB_*`` environment variables now (``WandbLogger(offline=True)`` sets WANDB_MODE for
+    the whole process; :func:`restore_wandb_environment` puts them back after a run)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("WANDB_")}
+
+
+def restore_wandb_environment(saved: dict[str, str]) -> None:
+    """Make the ``WANDB_*`` environment exactly ``saved`` again (the next run decides afresh)."""
+    for key in [k for k in os.environ if k.startswith("WANDB_") and k not in saved]:
+        del os.environ[key]
+    os.environ.update(saved)

@@ -6,6 +6,7 @@ mixup/cutmix (soft targets) -> normalise -> backbone -> logits -> head.loss.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning as L
@@ -18,8 +19,11 @@ from timm.utils import ModelEmaV3
 from torch import Tensor, nn
 
 from augment.base import RandomAugmentation
+from evaluation.distributed import gather_objects
 from train.config import MixupConfig, ModelConfig, OptimConfig
 from train.heads import SigmoidHead, SoftmaxHead
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -105,6 +109,7 @@ class ClassifierModule(L.LightningModule):
         )
         object.__setattr__(self, "augment", augment)  # not a submodule on purpose
         self.resumed_augment_state: Any = None
+        self.resumed_augment_states: list[Any] | None = None
         self.forward_model = torch.compile(self.classifier) if model.compile else self.classifier
 
     # --- forward -----------------------------------------------------------------------------
@@ -138,13 +143,29 @@ class ClassifierModule(L.LightningModule):
         if self.resumed_augment_state is not None:
             self.augment.set_rng_state(self.resumed_augment_state)
             self.resumed_augment_state = None
+        elif self.resumed_augment_states is not None:  # a DDP run: this rank's own stream
+            if len(self.resumed_augment_states) == self.trainer.world_size:
+                self.augment.set_rng_state(self.resumed_augment_states[self.trainer.global_rank])
+            else:
+                log.warning(
+                    "checkpoint holds augmentation states of %d processes, this run has %d: "
+                    "augmentation streams restart from seed + rank",
+                    len(self.resumed_augment_states),
+                    self.trainer.world_size,
+                )
+            self.resumed_augment_states = None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.augment is not None:
-            checkpoint["augment_rng_state"] = self.augment.get_rng_state()
+            state = self.augment.get_rng_state()
+            if self.trainer.world_size > 1:  # rank 0 writes the file: it carries every rank's state
+                checkpoint["augment_rng_states_by_rank"] = gather_objects(state)
+            else:
+                checkpoint["augment_rng_state"] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.resumed_augment_state = checkpoint.get("augment_rng_state")
+        self.resumed_augment_states = checkpoint.get("augment_rng_states_by_rank")
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Augment (on the device, no grad) -> mixup -> forward -> head loss. Only training batches

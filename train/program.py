@@ -28,15 +28,17 @@ from evaluation.suite import VAL, EvalSuite, build_data
 from evaluation.variants import MINIVAL
 from train.augmentation import build_augment, write_preview
 from train.callbacks import AtomicCheckpointIO, BadFileReport, HealthMonitor, RandomStateCheckpoint
+from train.cluster import build_strategy, cluster_plugins, is_rank_zero, resume_checkpoint
 from train.config import Config, EvalConfig
 from train.data.benchmark import benchmark_hash
 from train.data.datamodule import ImageNetDataModule
 from train.data.folder import ImageFolderDataset
 from train.data.transforms import eval_transform
 from train.heads import create_head
-from train.loggers import create_logger
+from train.loggers import create_logger, restore_wandb_environment, wandb_environment
 from train.module import ClassifierModule
 from train.run_dir import run_id, write_config, write_json, write_provenance
+from train.scale import describe, global_batch, scaled_optim
 from train.validate import check_trainer_args, resolve_precision
 
 log = logging.getLogger("train")
@@ -102,17 +104,21 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
     module = ClassifierModule(
         conf.model, head, conf.optim, conf.mixup, num_classes=data.num_classes, augment=augment
     )
-    write_config(run_dir, cfg)
-    wandb_id = run_id(run_dir)
-    provenance = write_provenance(
-        run_dir,
-        {
-            "benchmark_sha256": data_hash,
-            "data_root": str(data.root),
-            "experiment": conf.experiment,
-            "wandb_run_id": wandb_id,
-        },
-    )
+    rank_zero = is_rank_zero()  # run files and W&B are rank 0's (DDP ranks re-run this program)
+    wandb_env = wandb_environment()  # restored at the end: each run in a process is its own
+    wandb_id = run_id(run_dir) if rank_zero else None
+    provenance = {"git_commit": None}
+    if rank_zero:
+        write_config(run_dir, cfg)
+        provenance = write_provenance(
+            run_dir,
+            {
+                "benchmark_sha256": data_hash,
+                "data_root": str(data.root),
+                "experiment": conf.experiment,
+                "wandb_run_id": wandb_id,
+            },
+        )
     tags = [
         f"head:{conf.head.name}",
         f"augment:{augment_name(cfg)}",
@@ -166,16 +172,20 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
     if logger is not None:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     trainer_args["precision"] = resolve_precision(trainer_args, torch.cuda.is_available())
+    trainer_args["strategy"] = build_strategy(trainer_args.get("strategy", "auto"))
     trainer = L.Trainer(
         **trainer_args,
         callbacks=callbacks,
         logger=logger if logger is not None else False,
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(), *cluster_plugins()],
         default_root_dir=str(run_dir),
         check_val_every_n_epoch=conf.eval.every_n_epochs,
         use_distributed_sampler=False,
     )
-    resume_from = run_dir / "checkpoints" / "last.ckpt" if conf.resume else None
+    module.optim_cfg = scaled_optim(conf.optim, global_batch(conf.data.batch_size, trainer))
+    if trainer.is_global_zero:
+        log.info(describe(conf.data.batch_size, trainer, conf.optim, module.optim_cfg))
+    resume_from = resume_checkpoint(run_dir, bool(conf.resume))  # also a requeued SLURM job's
     if augment is not None and trainer.is_global_zero:
         preview = write_preview(
             augment_cfg,
@@ -199,6 +209,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
         print(f"run directory: {run_dir}")
     if logger is not None and hasattr(logger, "experiment") and conf.logger.name == "wandb":
         logger.experiment.finish()
+    restore_wandb_environment(wandb_env)
     return results
 
 
