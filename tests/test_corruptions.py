@@ -41,7 +41,7 @@ from evaluation.corruptions import (
 from evaluation.corruptions.__main__ import main as cli
 from evaluation.corruptions._ops import correlate, motion_kernel, plasma_fractal
 from evaluation.corruptions.blur import shuffle_sources
-from evaluation.corruptions.jpeg import CHROMA_TABLE, LUMA_TABLE, quantization_table
+from evaluation.corruptions.jpeg import CHROMA_TABLE, LUMA_TABLE, quantization_table, tensor_round_trip
 from evaluation.corruptions.preview import sample_photos
 from evaluation.corruptions.spatter import _distance_to_edges, _equalize
 
@@ -266,6 +266,16 @@ def test_jpeg_quantization_tables_match_libjpeg(quality):
     tables = Image.open(buffer).quantization
     assert np.array(quantization_table(LUMA_TABLE, quality)).ravel().tolist() == list(tables[0])
     assert np.array(quantization_table(CHROMA_TABLE, quality)).ravel().tolist() == list(tables[1])
+
+
+def test_jpeg_tensor_model_matches_reference(photos):
+    """The batched tensor codec (used off the CPU) against PIL's quality= round trip, run on the CPU."""
+    size, arrays, batch = photos
+    for severity, quality in enumerate((25, 18, 15, 10, 7), start=1):
+        ours = np.floor(tensor_round_trip(batch, quality).permute(0, 2, 3, 1).double().numpy() * 255) / 255
+        ref = np.stack([reference(image, "jpeg_compression", severity, 0) for image in arrays])
+        psnr = 10 * np.log10(1 / max(np.mean((ours - ref) ** 2), 1e-12))
+        assert psnr >= 38, f"quality {quality} at {size} px: PSNR {psnr:.1f} dB"
 
 
 @pytest.mark.parametrize("shape", [(224, 224), (61, 45)])
