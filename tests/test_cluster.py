@@ -1,0 +1,362 @@
+"""Multi-process and cluster runs: a 2-process CPU DDP multirun grid through the real CLI (each job
+once, one W&B run each in the sweep's group, checkpoints that score identically in one process),
+SLURM requeue on a real SIGUSR1 with a stub ``scontrol``, the SLURM launcher's sbatch script, run
+directories named after the job id, batch/lr semantics and the paper recipes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import submitit
+import timm
+import torch
+from conftest import REPO, TINY, cli_env
+from hydra import compose, initialize_config_dir
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins import TorchSyncBatchNorm
+from lightning.pytorch.strategies import FSDPStrategy
+from omegaconf import OmegaConf
+from test_evaluation_cli import run_eval
+from test_train import leet_summary
+from timm.models.vision_transformer import Block
+
+from augment import Noise2Net
+from train.__main__ import CONFIG_DIR
+from train.cluster import build_strategy, resume_checkpoint
+from train.config import Config, OptimConfig, register_configs
+from train.heads import create_head
+from train.loggers import restore_wandb_environment, wandb_environment
+from train.module import ClassifierModule
+from train.scale import scaled_optim
+
+GRID = ("softmax_baseline", "sigmoid_baseline")
+BASE_LR, BASE_BATCH = 0.05, 16  # TINY's lr at 16 images: 2 processes x 16 double it
+
+
+def compose_train(overrides: list[str], hydra: bool = False):
+    register_configs()
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        return compose("config", overrides=overrides, return_hydra_config=hydra)
+
+
+def offline_runs(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "wandb").glob("offline-run-*"))
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory, bench_root: Path, cache_dir: Path):
+    """``python -m train -m experiment=a,b trainer=ddp_cpu``: two tiny jobs, two processes each."""
+    sweep = tmp_path_factory.mktemp("grid") / "sweep"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "train",
+            "-m",
+            f"experiment={','.join(GRID)}",
+            *TINY,
+            f"data.root={bench_root}",
+            "trainer=ddp_cpu",
+            "eval=clean",
+            "augment=noise2net",
+            "optim.lr_scaling=linear",
+            f"optim.lr_base_batch={BASE_BATCH}",
+            f"optim.lr={BASE_LR}",
+            "trainer.enable_progress_bar=false",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=REPO,  # the checkout, as a user runs it (hydra_plugins/ is found there)
+        env=cli_env(cache_dir),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, f"multirun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return sweep, proc.stdout + proc.stderr
+
+
+def test_grid_runs_each_job_once_as_its_own_wandb_run_in_the_sweeps_group(grid, cache_dir: Path):
+    sweep, output = grid
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert jobs == [f"{i}_{name}" for i, name in enumerate(GRID)]  # ranks 1 did not re-run the sweep
+    assert output.count("Launching 2 jobs") == 1
+    ids = set()
+    for i, name in enumerate(GRID):
+        job = sweep / f"{i}_{name}"
+        assert json.loads((job / "metrics.json").read_text())["experiment"] == name
+        runs = offline_runs(job)
+        run_id = (job / "wandb_run_id.txt").read_text().strip()
+        assert len(runs) == 1 and runs[0].name.endswith(run_id)  # logged once, by rank 0
+        ids.add(run_id)
+        provenance = json.loads((job / "provenance.json").read_text())
+        assert provenance["wandb_run_id"] == run_id
+        assert "train_ddp_process" not in provenance["command"]  # written by rank 0, not a child
+        assert leet_summary(job, cache_dir)["config"]["logger.group"] == sweep.name
+        records = subprocess.run(
+            [str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(runs[0])],
+            capture_output=True, text=True, timeout=120, env=cli_env(cache_dir), check=True,
+        ).stdout  # fmt: skip
+        assert f'"run_group":"{sweep.name}"' in records  # the W&B group of the run itself
+    assert len(ids) == 2
+
+
+def test_ddp_checkpoint_scores_in_one_process_like_the_run_reported(grid, tmp_path: Path, cache_dir: Path):
+    sweep, _ = grid
+    job = sweep / f"0_{GRID[0]}"
+    out = tmp_path / "eval"
+    run_eval([f"checkpoint={job / 'checkpoints' / 'last.ckpt'}", f"output_dir={out}"], tmp_path, cache_dir)
+    trained = json.loads((job / "metrics.json").read_text())
+    scored = json.loads((out / "metrics.json").read_text())
+    assert set(scored) == set(trained) and len(trained) > 10
+    for key, value in trained.items():
+        assert scored[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+    for key in (k for k in trained if k.endswith(("/top1", "/top5", "/n"))):
+        assert scored[key] == trained[key], key  # each image counted once under DDP
+
+
+def test_global_batch_is_printed_and_the_linear_rule_scales_lr(grid):
+    sweep, output = grid
+    lr = BASE_LR * (16 * 2) / BASE_BATCH
+    assert output.count(f"global batch 32 = 16 per device x 2 processes x 1 accumulated; lr {lr:g}") == 2
+    ckpt = torch.load(
+        sweep / f"0_{GRID[0]}" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    assert ckpt["lr_schedulers"][0]["base_values"] == [pytest.approx(lr)] * 2
+
+
+def test_ddp_checkpoint_keeps_each_ranks_own_augmentation_stream(grid):
+    sweep, _ = grid
+    ckpt = torch.load(
+        sweep / f"1_{GRID[1]}" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
+    )
+    states = ckpt["augment_rng_states_by_rank"]
+    assert len(states) == 2 and not torch.equal(states[0], states[1])
+    for rank in (0, 1):  # replay: seed + rank, one draw per training batch of 16 (3 batches)
+        replay = Noise2Net(seed=0 + rank)
+        for _ in range(3):
+            replay(torch.rand(16, 3, 32, 32))
+        assert torch.equal(replay.get_rng_state(), states[rank]), rank
+
+
+STUB_SCONTROL = """#!/bin/sh
+# Records its arguments, then ends the job the way `scontrol requeue` does.
+echo "$@" >> "$SCONTROL_LOG"
+kill -KILL "$PPID"
+"""
+
+
+def slurm_env(tmp_path: Path, cache_dir: Path, job_id: str) -> dict[str, str]:
+    """A one-task SLURM batch job's environment, with a stub ``scontrol`` first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    stub = bin_dir / "scontrol"
+    stub.write_text(STUB_SCONTROL)
+    stub.chmod(stub.stat().st_mode | stat.S_IEXEC)
+    env = cli_env(cache_dir)
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env['PATH']}",
+        SCONTROL_LOG=str(tmp_path / "scontrol.log"),
+        SLURM_JOB_ID=job_id,
+        SLURM_JOB_NAME="train",
+        SLURM_NTASKS="1",
+        SLURM_NTASKS_PER_NODE="1",
+        SLURM_PROCID="0",
+        SLURM_LOCALID="0",
+        SLURM_NODEID="0",
+        SLURM_NODELIST="localhost",
+    )
+    return env
+
+
+def test_sigusr1_saves_requeues_and_the_requeued_job_resumes(
+    tmp_path: Path, bench_root: Path, cache_dir: Path
+):
+    env = slurm_env(tmp_path, cache_dir, "4242")
+    command = [
+        sys.executable, "-m", "train", *TINY, "trainer.max_epochs=3", "trainer.limit_train_batches=8",
+        "eval=clean", f"data.root={bench_root}", "trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    run_dir = tmp_path / "outputs" / "default" / "slurm-4242"  # no hydra.run.dir: from the job id
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    epoch_checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not epoch_checkpoint.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before the signal"
+    os.kill(proc.pid, signal.SIGUSR1)  # what SLURM sends signal_delay_s before the time limit
+    assert proc.wait(timeout=120) == -signal.SIGKILL  # ended by the (stub) requeue
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    hpc = run_dir / "hpc_ckpt_1.ckpt"
+    saved_step = torch.load(hpc, map_location="cpu", weights_only=False)["global_step"]
+    assert 8 <= saved_step < 24
+    assert not (run_dir / "metrics.json").exists()
+
+    again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-5000:]
+    assert f"Restoring states from the checkpoint path at {hpc}" in again.stdout + again.stderr
+    final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert final["global_step"] == 24 and (run_dir / "metrics.json").is_file()
+    run_id = (run_dir / "wandb_run_id.txt").read_text().strip()
+    runs = offline_runs(run_dir)
+    assert len(runs) == 2 and all(p.name.endswith(run_id) for p in runs)  # the same W&B run, resumed
+
+
+def test_resume_takes_the_newest_checkpoint_and_only_when_resuming_or_on_slurm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    (tmp_path / "checkpoints").mkdir()
+    last, hpc = tmp_path / "checkpoints" / "last.ckpt", tmp_path / "hpc_ckpt_1.ckpt"
+    last.write_bytes(b"")
+    hpc.write_bytes(b"")
+    os.utime(hpc, ns=(1_000, 1_000))
+    os.utime(last, ns=(2_000, 2_000))
+    assert resume_checkpoint(tmp_path, resume=False) is None
+    assert resume_checkpoint(tmp_path, resume=True) == last  # an older hpc_ckpt is not reloaded
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    os.utime(hpc, ns=(3_000, 3_000))
+    assert resume_checkpoint(tmp_path, resume=False) == hpc  # a requeued job, no resume= needed
+    assert resume_checkpoint(tmp_path / "elsewhere", resume=False) is None
+
+
+@pytest.mark.parametrize(
+    ("env", "stamp"),
+    [({"SLURM_JOB_ID": "77"}, "slurm-77"), ({"SLURM_JOB_ID": "80", "SLURM_ARRAY_JOB_ID": "5", "SLURM_ARRAY_TASK_ID": "3"}, "slurm-5_3")],
+)  # fmt: skip
+def test_run_and_sweep_dirs_are_named_after_the_slurm_job(monkeypatch: pytest.MonkeyPatch, env, stamp):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    cfg = compose_train(["experiment=sigmoid_baseline"], hydra=True)
+    assert cfg.hydra.run.dir == f"outputs/sigmoid_baseline/{stamp}"
+    assert cfg.hydra.sweep.dir == f"multirun/{stamp}"
+
+
+def test_slurm_launcher_asks_for_lightnings_requeue_signal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit wants srun on PATH; never run
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    cfg = compose_train(
+        ["hydra/launcher=slurm", "hydra.launcher.nodes=2", "hydra.launcher.partition=gpu"], hydra=True
+    )
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert params.pop("_target_").endswith("SlurmLauncher")
+    # the launcher's own mapping of its keys onto submitit (hydra_submitit_launcher.BaseSubmititLauncher)
+    executor = submitit.AutoExecutor(
+        folder=tmp_path, cluster="slurm", slurm_max_num_timeout=params.pop("max_num_timeout")
+    )
+    params.pop("submitit_folder")
+    base = {
+        "timeout_min",
+        "cpus_per_task",
+        "gpus_per_node",
+        "tasks_per_node",
+        "mem_gb",
+        "nodes",
+        "name",
+        "stderr_to_stdout",
+    }
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    script = executor._executor._make_submission_file_text("python -m train", "uid")
+    lines = set(script.splitlines())
+    assert {"#SBATCH --signal=USR1@90", "#SBATCH --requeue", "#SBATCH --nodes=2"} <= lines
+    assert {"#SBATCH --gpus-per-node=8", "#SBATCH --ntasks-per-node=8", "#SBATCH --partition=gpu"} <= lines
+    assert "USR2" not in script  # submitit's own checkpoint-and-resubmit signal is never asked for
+
+
+def test_batch_semantics_and_scaling_rule():
+    cfg = OptimConfig(lr=0.1, lr_scaling="linear", lr_base_batch=256)
+    assert scaled_optim(cfg, 1024).lr == pytest.approx(0.4)
+    assert scaled_optim(OptimConfig(lr=0.1), 1024).lr == 0.1  # none: as given
+    with pytest.raises(ValueError, match=r"optim.lr_scaling='sqrt' is unknown; use none or linear"):
+        scaled_optim(OptimConfig(lr_scaling="sqrt"), 8)
+
+
+def test_sync_batchnorm_converts_the_classifier_and_never_the_augmentation():
+    conf: Config = OmegaConf.to_object(compose_train(["model.name=test_resnet"]))
+    augment = Noise2Net(seed=0)
+    module = ClassifierModule(conf.model, create_head("softmax"), conf.optim, conf.mixup, 20, augment=augment)
+    batchnorms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in module.classifier.modules())
+    assert batchnorms > 0
+    converted = TorchSyncBatchNorm().apply(module)  # what trainer.sync_batchnorm=true does
+    assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.classifier.modules()) == batchnorms
+    assert all(m is not augment for m in converted.modules()) and converted.augment is augment
+
+
+def test_fsdp_config_builds_a_strategy_with_one_unit_per_vit_block():
+    cfg = compose_train(["trainer=fsdp"])
+    strategy = build_strategy(OmegaConf.to_container(cfg.trainer, resolve=True)["strategy"])
+    assert isinstance(strategy, FSDPStrategy) and strategy._state_dict_type == "full"
+    policy = strategy.kwargs["auto_wrap_policy"]
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    wrapped = [m for m in vit.modules() if policy(m, recurse=False, nonwrapped_numel=0)]
+    assert {type(m) for m in wrapped} == {Block} and len(wrapped) == len(vit.blocks)
+
+
+def test_wandb_environment_is_restored_after_an_offline_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    saved = wandb_environment()
+    logger = WandbLogger(save_dir=str(tmp_path), offline=True, project="p")
+    logger.experiment.finish()  # a real offline run: Lightning set WANDB_MODE for the whole process
+    assert os.environ.get("WANDB_MODE") == "dryrun"
+    restore_wandb_environment(saved)
+    assert wandb_environment() == saved and "WANDB_MODE" not in os.environ
+
+
+REFERENCE = {  # shared/reference/deepaugment.md, training.md
+    "r50_deepaugment_ref": dict(opt="sgd", lr=0.1, wd=1e-4, momentum=0.9, batch=1024, head="softmax"),
+    "r50_rsb_bce": dict(opt="lamb", wd=0.02, epochs=300, head="sigmoid"),
+}
+
+
+@pytest.mark.parametrize("head", ["softmax", "sigmoid"])
+def test_deepaugment_reference_recipe(head: str):
+    conf: Config = OmegaConf.to_object(compose_train(["experiment=r50_deepaugment_ref", f"head={head}"]))
+    ref = REFERENCE["r50_deepaugment_ref"]
+    assert conf.experiment == f"r50_deepaugment_ref_{head}" and conf.head.name == head
+    assert (conf.model.name, conf.data.name, conf.data.image_size) == ("resnet50", "imagenet", 224)
+    assert conf.augment["_target_"] == "augment.DeepAugment"
+    assert conf.augment["p_edsr"] == pytest.approx(1 / 3) and conf.augment["p_cae"] == pytest.approx(1 / 3)
+    assert (conf.optim.name, conf.optim.lr, conf.optim.weight_decay, conf.optim.momentum) == (
+        ref["opt"],
+        ref["lr"],
+        ref["wd"],
+        ref["momentum"],
+    )
+    assert conf.data.batch_size * 8 == ref["batch"] == conf.optim.lr_base_batch  # 8 GPUs: lr as published
+    assert scaled_optim(conf.optim, 512).lr == pytest.approx(ref["lr"] / 2)
+    assert (conf.mixup.mixup_alpha, conf.mixup.cutmix_alpha, conf.data.auto_augment) == (0.0, 0.0, None)
+
+
+@pytest.mark.parametrize("head", ["sigmoid", "softmax"])
+def test_resnet_strikes_back_recipe(head: str):
+    conf: Config = OmegaConf.to_object(
+        compose_train(["experiment=r50_rsb_bce", *([] if head == "sigmoid" else ["head=softmax"])])
+    )
+    ref = REFERENCE["r50_rsb_bce"]
+    assert conf.experiment == f"r50_rsb_bce_{head}" and conf.head.name == head
+    assert (conf.optim.name, conf.optim.weight_decay, conf.trainer["max_epochs"]) == (
+        ref["opt"],
+        ref["wd"],
+        ref["epochs"],
+    )
+    assert (conf.model.name, conf.model.drop_path_rate) == ("resnet50", 0.05)
+    assert conf.data.auto_augment.startswith("rand-m7")
+    assert (conf.mixup.mixup_alpha, conf.mixup.cutmix_alpha) == (0.1, 1.0)
+    assert conf.augment == {}
+    if head == "sigmoid":  # BCE, target threshold 0.2, no smoothing
+        assert (conf.head.target_threshold, conf.head.smoothing) == (0.2, 0.0)
+    create_head(**vars(conf.head))  # both forms build (no sigmoid-only key left on the softmax form)
