@@ -63,7 +63,7 @@ def test_dali_cpu_pipeline_equals_torchvision_on_full_crops(train_samples):
     expected = torch.stack([reference[i][0] for i in index.tolist()])
     assert targets.tolist() == [reference[i][1] for i in index.tolist()]
     diff = (images - expected).abs()
-    assert diff.mean() < 0.02 and diff.mean(dim=(1, 2, 3)).max() < 0.05, diff.mean()
+    assert diff.mean() < 0.005 and diff.mean(dim=(1, 2, 3)).max() < 0.01, diff.mean()  # mismatch: ~0.26
 
 
 def test_dali_random_crops_match_torchvision_statistics(train_samples):
@@ -76,7 +76,7 @@ def test_dali_random_crops_match_torchvision_statistics(train_samples):
     expected = torch.stack([reference[i][0] for i in index.tolist()])
     for reduce in (torch.mean, torch.std):
         got, want = reduce(images, dim=(0, 2, 3)), reduce(expected, dim=(0, 2, 3))
-        assert torch.allclose(got, want, atol=0.02), (reduce.__name__, got, want)
+        assert torch.allclose(got, want, atol=0.01), (reduce.__name__, got, want)
     ranks = [DaliTrainLoader(train_samples, BENCH, 16, rank, 3, seed=0) for rank in range(3)]
     assert [len(r) for r in ranks] == [len(train_samples) // 3 // 16] * 3
     seen = [dali_epoch(r)[2] for r in ranks]
