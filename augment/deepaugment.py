@@ -61,6 +61,9 @@ class DeepAugment(RandomAugmentation):
         edsr_body_options: per-image options in the EDSR body (1 negate, 2 ReLU/GELU, 3 flip, 4 skip, 5 nothing).
         cae_weight_options: CAE weight options (0-8; the reference draws from 0-7).
         cae_latent_options: per-image latent options (0-8).
+        cpu_pass_pixels: on a CPU, at most this many output pixels per network pass (default: two 224 px images);
+            larger batches run in sub-batches with the same result, which keeps activations cache-sized and
+            below the allocator's fresh-mapping size. Ignored on other devices (one pass).
         An empty option list switches that kind of perturbation off.
     """
 
@@ -79,6 +82,7 @@ class DeepAugment(RandomAugmentation):
         edsr_body_options: Sequence[int] = perturb_edsr.BODY_OPTIONS,
         cae_weight_options: Sequence[int] = perturb_cae.WEIGHT_OPTIONS,
         cae_latent_options: Sequence[int] = perturb_cae.LATENT_OPTIONS,
+        cpu_pass_pixels: int = 2 * 224 * 224,
     ) -> None:
         super().__init__(seed)
         self.p_edsr = check_probability(p_edsr, "p_edsr")
@@ -88,6 +92,9 @@ class DeepAugment(RandomAugmentation):
         if int(images_per_network) < 1:
             raise ValueError(f"images_per_network must be >= 1, got {images_per_network}")
         self.images_per_network = int(images_per_network)
+        if int(cpu_pass_pixels) < 1:
+            raise ValueError(f"cpu_pass_pixels must be >= 1, got {cpu_pass_pixels}")
+        self.cpu_pass_pixels = int(cpu_pass_pixels)
         if cae_size is not None and (int(cae_size) < MIN_CAE_SIZE or int(cae_size) % 4):
             raise ValueError(
                 f"cae_size must be a multiple of 4 and >= {MIN_CAE_SIZE}, or None; got {cae_size}"
@@ -149,8 +156,9 @@ class DeepAugment(RandomAugmentation):
         x: Tensor,
         perturb: Callable[[dict[str, Tensor]], dict[str, Tensor]],
         sample: Callable[[int], tuple[Any, Callable]],
+        out_pixels: int,
     ) -> Tensor:
-        """Run ``net`` on ``x`` [m, ...] with one perturbed copy per group and per-sample hook parameters."""
+        """Run ``net`` on ``x`` [m, ...] (``out_pixels`` output pixels per image) with one perturbed copy per group."""
         m = x.shape[0]
         groups, n = group_layout(m, self.images_per_network)
         if groups * n > m:
@@ -159,7 +167,8 @@ class DeepAugment(RandomAugmentation):
         weights, in_dims = stack_weights(base, [perturb(base) for _ in range(groups)])
         params, hooks = sample(groups * n)
         params = tree_map(lambda t: t.unflatten(0, (groups, n)), params)
-        out = grouped_forward(net, weights, in_dims, x.unflatten(0, (groups, n)), params, hooks)
+        per_pass = max(1, self.cpu_pass_pixels // out_pixels) if x.device.type == "cpu" else None
+        out = grouped_forward(net, weights, in_dims, x.unflatten(0, (groups, n)), params, hooks, per_pass)
         return out.flatten(0, 1)[:m]
 
     def _edsr_path(self, x: Tensor) -> Tensor:
@@ -187,7 +196,7 @@ class DeepAugment(RandomAugmentation):
                 dtype,
             )
 
-        return self._grouped(net, lr, perturb, sample).clamp(0, 1)
+        return self._grouped(net, lr, perturb, sample, x.shape[-2] * x.shape[-1]).clamp(0, 1)
 
     def _cae_path(self, x: Tensor) -> Tensor:
         dtype = self.cae.e_conv_3[0].weight.dtype
@@ -208,7 +217,7 @@ class DeepAugment(RandomAugmentation):
             code_size = (xc.shape[-2] // 4, xc.shape[-1] // 4)
             return perturb_cae.sample_latent(m, code_size, self.cae_latent_options, host, dev, dtype)
 
-        out = self._grouped(self.cae, xc, perturb, sample)
+        out = self._grouped(self.cae, xc, perturb, sample, xc.shape[-2] * xc.shape[-1])
         if out.shape[-2:] != size:
             out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
         return out.clamp(0, 1)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
+from torch.utils._pytree import tree_map
 
 Weights = dict[str, Tensor]
 
@@ -52,6 +53,7 @@ def grouped_forward(
     x: Tensor,
     per_sample: Any,
     hooks: Callable[[Any], dict[str, Any]],
+    max_images: int | None = None,
 ) -> Tensor:
     """Run ``net`` with group g's weights on ``x[g]``.
 
@@ -61,6 +63,8 @@ def grouped_forward(
         x: [G, n, ...] network input.
         per_sample: pytree of tensors with leading dims [G, n] (per-sample perturbation parameters).
         hooks: maps one group's ``per_sample`` slice (leading dim n) to keyword arguments of ``net.forward``.
+        max_images: at most this many images per pass (None: all G * n in one pass). Smaller passes give the
+            same result; on a CPU they keep activations in cache and below the allocator's fresh-mapping size.
 
     Returns:
         [G, n, ...] network output.
@@ -69,7 +73,24 @@ def grouped_forward(
     def one_group(w: Weights, xg: Tensor, ps: Any) -> Tensor:
         return functional_call(net, w, (xg,), hooks(ps))
 
-    return vmap(one_group, in_dims=(dict(in_dims), 0, 0))(weights, x, per_sample)
+    groups, n = x.shape[:2]
+    per_pass = groups * n if max_images is None else max(1, max_images)
+    if groups == 1 or per_pass < n:  # one group per pass: its own weights, no vmap needed
+        step, outs = min(n, per_pass), []
+        for g in range(groups):
+            w = {k: v if in_dims[k] is None else v[g] for k, v in weights.items()}
+            parts = [(g, slice(i, i + step)) for i in range(0, n, step)]
+            outs.append(
+                torch.cat([one_group(w, x[j], tree_map(lambda t, j=j: t[j], per_sample)) for j in parts])
+            )
+        return torch.stack(outs)
+    run, step = vmap(one_group, in_dims=(dict(in_dims), 0, 0)), max(1, per_pass // n)
+    outs = []
+    for g in range(0, groups, step):
+        part = slice(g, g + step)
+        w = {k: v if in_dims[k] is None else v[part] for k, v in weights.items()}
+        outs.append(run(w, x[part], tree_map(lambda t, part=part: t[part], per_sample)))
+    return torch.cat(outs)
 
 
 def per_sample_conv2d(x: Tensor, weight: Tensor, dilation: int = 1) -> Tensor:

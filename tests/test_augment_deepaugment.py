@@ -72,6 +72,45 @@ def test_group_output_equals_ungrouped_forward_of_its_network(kind):
         assert (out[0] - other).abs().max() > 1e-3  # the groups' networks really differ
 
 
+@pytest.mark.parametrize("max_images", [1, 3, 4])
+def test_passes_of_at_most_max_images_equal_each_groups_own_forward(max_images):
+    torch.manual_seed(0)
+    net = EDSR(n_feats=16)
+    host, dev = gens(2)
+    base = dict(net.named_parameters())
+    groups, n = 3, 2
+    x = torch.rand(groups * n, 3, 6, 6)
+    variants = [
+        perturb_edsr.perturb_weights(base, perturb_edsr.WEIGHT_OPTIONS, host, dev) for _ in range(groups)
+    ]
+    params, hooks = perturb_edsr.sample_activations(
+        groups * n, 16, (6, 6), 17, perturb_edsr.PRE_OPTIONS, perturb_edsr.BODY_OPTIONS, host, dev, x.dtype
+    )
+    stacked, in_dims = stack_weights(base, variants)
+    grouped_params = tree_map(lambda t: t.unflatten(0, (groups, n)), params)
+    with torch.no_grad():
+        out = grouped_forward(
+            net, stacked, in_dims, x.unflatten(0, (groups, n)), grouped_params, hooks, max_images
+        )
+        for g in range(groups):
+            sl = tree_map(lambda t, g=g: t[g * n : (g + 1) * n], params)
+            ref = functional_call(net, variants[g], (x[g * n : (g + 1) * n],), hooks(sl))
+            torch.testing.assert_close(out[g], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_sub_batches_give_the_same_augmentation(weights):
+    x = torch.rand(6, 3, 16, 16)
+    one_pass = DeepAugment(**weights, seed=4, images_per_network=4)(x)
+    torch.testing.assert_close(
+        DeepAugment(**weights, seed=4, images_per_network=4, cpu_pass_pixels=16 * 16)(x),
+        one_pass,
+        atol=1e-5,
+        rtol=0,
+    )
+    with pytest.raises(ValueError, match="cpu_pass_pixels"):
+        DeepAugment(**weights, cpu_pass_pixels=0)
+
+
 def test_group_layout():
     assert group_layout(1, 16) == (1, 1)
     assert group_layout(16, 16) == (1, 16)
