@@ -116,6 +116,7 @@ def test_ddp_checkpoint_scores_in_one_process_like_the_run_reported(grid, tmp_pa
     trained = json.loads((job / "metrics.json").read_text())
     scored = json.loads((out / "metrics.json").read_text())
     assert set(scored) == set(trained) and len(trained) > 10
+    assert scored.pop("experiment") == trained.pop("experiment") == GRID[0]
     for key, value in trained.items():
         assert scored[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
     for key in (k for k in trained if k.endswith(("/top1", "/top5", "/n"))):
