@@ -18,8 +18,8 @@ import math
 import warnings
 
 import torch
-import torchvision.io
 import torch.nn.functional as F
+import torchvision.io
 from torch import Tensor
 
 from ._ops import pad
@@ -97,15 +97,16 @@ def jpeg_round_trip(x: Tensor, quality: int) -> Tensor:
 
 
 def libjpeg_round_trip(x: Tensor, quality: int) -> Tensor:
-    """``jpeg_round_trip`` of a CPU batch through libjpeg-turbo, image by image."""
-    out = torch.empty_like(x)
+    """``jpeg_round_trip`` of a CPU batch through libjpeg-turbo, image by image; the result is
+    laid out channels-last (libjpeg's pixel order), saving a transposing copy."""
+    out = torch.empty(x.shape[0], *x.shape[2:], x.shape[1], dtype=x.dtype)
     with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs in favour of torchcodec
         warnings.simplefilter("ignore", DeprecationWarning)
-        for image, target in zip(x, out):
-            pixels = image.mul(255).round_().to(torch.uint8)
+        for image, target in zip(x, out, strict=True):
+            pixels = torch.add(0.5, image, alpha=255).clamp_(0, 255).to(torch.uint8)  # rounded to 8 bits
             decoded = torchvision.io.decode_jpeg(torchvision.io.encode_jpeg(pixels, quality=quality))
-            torch.div(decoded, 255, out=target)
-    return out
+            torch.div(decoded.permute(1, 2, 0), 255, out=target)
+    return out.permute(0, 3, 1, 2)
 
 
 def tensor_round_trip(x: Tensor, quality: int) -> Tensor:
