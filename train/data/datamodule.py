@@ -32,7 +32,10 @@ def resolve_root(cfg: DataConfig, cache_dir: Path) -> Path:
     if cfg.root is None and cfg.shards:  # the shard writer copies the label files there
         return Path(cfg.shards).expanduser()
     if cfg.root is None:
-        raise DataLayoutError(f"data={cfg.name} needs data.root=<folder with train/<wnid>/ and val/<wnid>/>")
+        raise DataLayoutError(
+            f"data={cfg.name} needs data.root=<folder with train/<wnid>/ and val/<wnid>/> "
+            f"or data.shards=<folder written by python -m train.shards>"
+        )
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
         raise DataLayoutError(
