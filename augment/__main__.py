@@ -1,6 +1,6 @@
 """Command line: ``python -m augment {pretrain,generate,preview} key=value ...``.
 
-    python -m augment pretrain [data.root=<root>] [split=train] [cache_dir=<dir>] [image_size=64] [budget_s=300]
+    python -m augment pretrain [data.root=<root>] [split=train] [cache_dir=<dir>] [image_size=64] [budget_s=450]
     python -m augment generate data.root=<root> out=<dir> [split=train] [shard=i num_shards=n] [shard_by=class]
     python -m augment preview [data.root=<root>] out=preview.png [n=8] [image_size=64]
 

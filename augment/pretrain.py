@@ -1,12 +1,14 @@
 """Built-in pretraining of the DeepAugment networks on the run's own training images (no download needed).
 
-EDSR learns x4 super-resolution (MSE on antialiased-bicubic-downscaled crops) and the CAE learns
-reconstruction (MSE through the stochastic binarisation, straight-through gradient), in 60 % and 40 % of the time
-budget (Adam, 20 warm-up steps, cosine decay over wall time). Both start from working codecs so that short
-CPU budgets still give faithful networks: EDSR from the least-squares linear x4 upsampler of the data
-(:func:`init_edsr_upsampler`), the CAE from a blurry thermometer-code codec (:func:`init_cae_codec`); training
-adds detail. Quality is measured on held-out images: EDSR PSNR against bicubic upsampling of the same input, and
-CAE reconstruction PSNR; both go to ``report.json`` next to the checkpoints.
+EDSR learns x4 super-resolution (MSE on antialiased-bicubic-downscaled crops; Adam at a constant learning rate
+after 20 warm-up steps, an exponential moving average of its weights is the result) until its held-out PSNR beats
+bicubic upsampling by TARGET_GAIN_DB (checked every CHECK_EVERY_S seconds), for at most 60 % of the time budget.
+The CAE learns reconstruction (MSE through the stochastic binarisation, straight-through gradient; Adam with
+cosine decay over wall time) in the other 40 %. Both start from working codecs so that short CPU budgets still
+give faithful networks: EDSR from the least-squares linear x4 upsampler of the data (:func:`init_edsr_upsampler`),
+the CAE from a blurry thermometer-code codec (:func:`init_cae_codec`); training adds detail. Quality is measured on
+held-out images: EDSR PSNR against bicubic upsampling of the same input, and CAE reconstruction PSNR; both go to
+``report.json`` next to the checkpoints.
 
 Checkpoints are plain state dicts with the public names (``edsr_baseline_x4.pt``, ``model_final.state``),
 cached under ``cache_dir/<hash>/`` keyed by the image set (relative paths and sizes) and the settings, written
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from filelock import FileLock
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from augment.images import list_images, load_images
@@ -39,10 +42,15 @@ from augment.networks.edsr import DIV2K_RGB_MEAN, RGB_RANGE, downscale
 
 log = logging.getLogger(__name__)
 
-PRETRAIN_VERSION = 1
+PRETRAIN_VERSION = 2  # bump when the training procedure changes: it is part of the cache key
 EDSR_FILE, CAE_FILE, REPORT_FILE = "edsr_baseline_x4.pt", "model_final.state", "report.json"
 TARGET_GAIN_DB = 1.0  # EDSR should beat bicubic upsampling by at least this much on held-out images
-EDSR_SHARE = 0.6  # of the time budget; the CAE gets the rest (it starts closer to its goal)
+EDSR_SHARE = 0.6  # of the time budget at most; the CAE gets the rest (it starts closer to its goal)
+EDSR_BATCH, CAE_BATCH = 16, 8  # crops per step
+EDSR_EMA_DECAY = (
+    0.99  # weight average that stands in for a learning-rate decay, so training can stop any time
+)
+CHECK_EVERY_S = 20.0  # seconds between held-out checks of the EDSR target
 WARMUP_STEPS = 20  # keeps Adam's first steps from wrecking the fitted upsampler
 LINEAR_FIT_IMAGES = 512  # images for the least-squares linear upsampler the EDSR starts from
 
@@ -161,6 +169,15 @@ def _crops(images: Tensor, batch: int, patch: int, gen: torch.Generator) -> Iter
         yield torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
+def _ema(decay: float) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """Moving-average update with decay min(decay, n / (n + 1)) after n updates: a plain mean over the first steps."""
+
+    def update(average: Tensor, current: Tensor, n: Tensor) -> Tensor:
+        return average + (current - average) * (1 - (n / (n + 1)).clamp(max=decay))
+
+    return update
+
+
 def _fit(
     net: nn.Module,
     loss_fn: Callable[[nn.Module, Tensor], Tensor],
@@ -170,28 +187,42 @@ def _fit(
     device: torch.device,
     bar: tqdm,
     bar_offset: float,
-) -> int:
-    """Adam, linear warm-up over WARMUP_STEPS then cosine decay over ``seconds`` of wall time; returns the steps.
+    ema_decay: float | None = None,
+    done: Callable[[nn.Module], bool] | None = None,
+    check_every_s: float = CHECK_EVERY_S,
+) -> tuple[nn.Module, int, float]:
+    """Adam with WARMUP_STEPS of linear warm-up for at most ``seconds`` of wall time (checks included).
 
-    ``bar`` counts seconds; this phase moves it from ``bar_offset`` to ``bar_offset + seconds``.
+    Without ``ema_decay`` the learning rate then decays by a cosine over ``seconds`` and ``net`` is the result;
+    with it the rate stays constant and an exponential moving average of the weights is the result. ``done``
+    (on the result, every ``check_every_s`` seconds) ends training early. ``bar`` counts seconds; this phase moves
+    it from ``bar_offset``. Returns (result in eval mode, steps, seconds spent).
     """
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
-    start, steps = time.perf_counter(), 0
+    average = None if ema_decay is None else AveragedModel(net, avg_fn=_ema(ema_decay))
+    result = net if average is None else average.module
+    start, steps, next_check = time.perf_counter(), 0, check_every_s
     net.train()
     while (elapsed := time.perf_counter() - start) < seconds:
+        decay = 1.0 if average is not None else 0.5 * (1 + math.cos(math.pi * elapsed / seconds))
         for group in opt.param_groups:
-            warmup = min(1.0, (steps + 1) / WARMUP_STEPS)
-            group["lr"] = lr * warmup * 0.5 * (1 + math.cos(math.pi * elapsed / seconds))
+            group["lr"] = lr * min(1.0, (steps + 1) / WARMUP_STEPS) * decay
         loss = loss_fn(net, next(batches).to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if average is not None:
+            average.update_parameters(net)
         steps += 1
         bar.update(round(bar_offset + min(time.perf_counter() - start, seconds) - bar.n, 1))
         bar.set_postfix_str(f"{type(net).__name__} loss {loss.item():.4f}")
-    net.eval()
-    return steps
+        if done is not None and time.perf_counter() - start >= next_check:
+            next_check += check_every_s
+            if done(result.eval()):
+                break
+            result.train()
+    return result.eval(), steps, time.perf_counter() - start
 
 
 def _edsr_loss(net: nn.Module, hr: Tensor) -> Tensor:
@@ -203,40 +234,46 @@ def _cae_loss(net: nn.Module, x: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(edsr: EDSR, cae: CAE, holdout: Tensor, seed: int = 0) -> dict[str, float]:
-    """Held-out PSNRs: EDSR x4 vs bicubic upsampling of the same downscaled input, and CAE reconstruction."""
+def edsr_gain(edsr: EDSR, holdout: Tensor) -> dict[str, float]:
+    """Held-out PSNR of EDSR x4 and of bicubic upsampling of the same downscaled input, and their gap (dB)."""
     device = next(edsr.parameters()).device
     hr = holdout.to(device).float() / 255
     lr = downscale(hr)
     bicubic = F.interpolate(lr, size=hr.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+    edsr_psnr, bicubic_psnr = psnr(edsr(lr).clamp(0, 1), hr), psnr(bicubic, hr)
+    return {"edsr_psnr": edsr_psnr, "bicubic_psnr": bicubic_psnr, "edsr_gain_db": edsr_psnr - bicubic_psnr}
+
+
+@torch.no_grad()
+def evaluate(edsr: EDSR, cae: CAE, holdout: Tensor, seed: int = 0) -> dict[str, float]:
+    """Held-out PSNRs: EDSR x4 vs bicubic upsampling of the same downscaled input (:func:`edsr_gain`), CAE."""
+    device = next(cae.parameters()).device
+    hr = holdout.to(device).float() / 255
     noise = torch.rand(
         (hr.shape[0], 32, hr.shape[-2] // 4, hr.shape[-1] // 4),
         generator=torch.Generator().manual_seed(seed),
     ).to(device)
-    edsr_psnr, bicubic_psnr = psnr(edsr(lr).clamp(0, 1), hr), psnr(bicubic, hr)
-    return {
-        "edsr_psnr": edsr_psnr,
-        "bicubic_psnr": bicubic_psnr,
-        "edsr_gain_db": edsr_psnr - bicubic_psnr,
-        "cae_psnr": psnr(cae(hr, noise=noise).clamp(0, 1), hr),
-    }
+    return {**edsr_gain(edsr, holdout), "cae_psnr": psnr(cae(hr, noise=noise).clamp(0, 1), hr)}
 
 
 def pretrain(
     images: Tensor,
     budget_s: float,
-    patch_size: int = 64,
+    patch_size: int = 32,
     cae_patch_size: int = 32,
-    batch_size: int = 8,
     holdout: int = 64,
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    target_gain_db: float = TARGET_GAIN_DB,
+    check_every_s: float = CHECK_EVERY_S,
 ) -> tuple[EDSR, CAE, dict[str, float]]:
-    """Train EDSR and CAE on uint8 images [N, 3, S, S] for ``budget_s`` seconds in all; returns nets and report.
+    """Train EDSR and CAE on uint8 images [N, 3, S, S] within ``budget_s`` seconds; returns nets and report.
 
-    EDSR trains on ``patch_size`` crops, the CAE (about 3x the FLOPs per pixel) on ``cae_patch_size`` crops;
-    the last ``holdout`` images (at most N // 4) are held out for the report.
+    EDSR trains on ``patch_size`` crops until its held-out gain over bicubic reaches ``target_gain_db`` (checked
+    every ``check_every_s`` seconds) or EDSR_SHARE of the budget is spent; the CAE (about 3x the FLOPs per
+    pixel) trains on ``cae_patch_size`` crops for the rest of the budget. The last ``holdout`` images (at most
+    N // 4) are held out for the checks and the report.
     """
     n, _, size, _ = images.shape
     n_hold = min(holdout, n // 4)
@@ -249,15 +286,36 @@ def pretrain(
     edsr = init_edsr_upsampler(EDSR(), *fit_linear_upsampler(train[:LINEAR_FIT_IMAGES])).to(device)
     cae = init_cae_codec(CAE()).to(device)
     report: dict[str, float] = {"images": n - n_hold, "holdout_images": n_hold, "image_size": size}
-    edsr_crops = _crops(train, batch_size, min(patch_size, size) // 4 * 4, gen)
-    cae_crops = _crops(train, batch_size, max(MIN_CAE_SIZE, min(cae_patch_size, size) // 4 * 4), gen)
+    report["edsr_initial_gain_db"] = edsr_gain(edsr, hold)["edsr_gain_db"]
+    edsr_crops = _crops(train, EDSR_BATCH, min(patch_size, size) // 4 * 4, gen)
+    cae_crops = _crops(train, CAE_BATCH, max(MIN_CAE_SIZE, min(cae_patch_size, size) // 4 * 4), gen)
     bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]"
     with tqdm(
         total=budget_s, desc="pretrain DeepAugment nets", bar_format=bar_format, disable=not progress
     ) as bar:
-        edsr_s = EDSR_SHARE * budget_s
-        report["edsr_steps"] = _fit(edsr, _edsr_loss, edsr_crops, edsr_s, 1e-3, device, bar, 0.0)
-        report["cae_steps"] = _fit(cae, _cae_loss, cae_crops, budget_s - edsr_s, 1e-3, device, bar, edsr_s)
+        edsr_s, cae_s = EDSR_SHARE * budget_s, (1 - EDSR_SHARE) * budget_s
+
+        def reached(net: nn.Module) -> bool:
+            return edsr_gain(net, hold)["edsr_gain_db"] >= target_gain_db
+
+        edsr, report["edsr_steps"], report["edsr_seconds"] = _fit(
+            edsr,
+            _edsr_loss,
+            edsr_crops,
+            edsr_s,
+            1e-3,
+            device,
+            bar,
+            0.0,
+            EDSR_EMA_DECAY,
+            reached,
+            check_every_s,
+        )
+        bar.total = report["edsr_seconds"] + cae_s  # an early stop shortens the whole run
+        bar.refresh()
+        cae, report["cae_steps"], report["cae_seconds"] = _fit(
+            cae, _cae_loss, cae_crops, cae_s, 1e-3, device, bar, report["edsr_seconds"]
+        )
     report.update(evaluate(edsr, cae, hold, seed))
     return edsr.cpu(), cae.cpu(), report
 
@@ -285,9 +343,9 @@ def ensure_pretrained(
     image_root: Path | str,
     cache_dir: Path | str,
     image_size: int = 64,
-    budget_s: float = 300.0,
+    budget_s: float = 450.0,
     max_images: int = 2048,
-    patch_size: int = 64,
+    patch_size: int = 32,
     cae_patch_size: int = 32,
     seed: int = 0,
     device: str | torch.device | None = None,
@@ -299,7 +357,7 @@ def ensure_pretrained(
         image_root: ImageNet-layout folder of training images (JPEG/PNG).
         cache_dir: where checkpoints are cached, keyed by a hash of the image set and these settings.
         image_size: images are loaded as centre crops of this side (the training resolution).
-        budget_s: wall-clock seconds of training for both networks together.
+        budget_s: wall-clock seconds of training for both networks together (EDSR stops early at its target).
         max_images: at most this many images (evenly spaced over the sorted list) are used.
         patch_size, cae_patch_size: side of the random training crops of EDSR / the CAE.
         seed: seed of the sampling and initialisation.
@@ -321,6 +379,7 @@ def ensure_pretrained(
         "patch_size": patch_size,
         "cae_patch_size": cae_patch_size,
         "seed": seed,
+        "target_gain_db": TARGET_GAIN_DB,
     }
     entry = cache_dir / _cache_key(files, image_root, settings)
     paths = {"edsr": entry / EDSR_FILE, "cae": entry / CAE_FILE}
@@ -340,9 +399,10 @@ def ensure_pretrained(
         _save_atomic(lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)), entry / REPORT_FILE)
         if report["edsr_gain_db"] < TARGET_GAIN_DB:
             log.warning(
-                "pretrained EDSR beats bicubic by %.2f dB (< %.1f dB target); raise budget_s for a closer fit",
+                "pretrained EDSR beats bicubic by %.2f dB (< %.1f dB target) after %.0f s; raise budget_s",
                 report["edsr_gain_db"],
                 TARGET_GAIN_DB,
+                report["edsr_seconds"],
             )
         log.info("DeepAugment pretraining: %s", report)
     return paths

@@ -68,6 +68,23 @@ def test_pretraining_writes_public_format_checkpoints_and_a_report(pretrained):
     assert report["edsr_gain_db"] == pytest.approx(report["edsr_psnr"] - report["bicubic_psnr"])
     assert report["images"] + report["holdout_images"] == 18
     assert report["edsr_gain_db"] > EDSR_VS_BICUBIC_DB and report["cae_psnr"] > CAE_MIN_PSNR_DB
+    # EDSR trains for its whole share unless it reached the target first
+    share = augment.pretrain.EDSR_SHARE * BUDGET_S
+    assert report["edsr_seconds"] >= share or report["edsr_gain_db"] >= report["target_gain_db"]
+
+
+def test_edsr_training_stops_once_its_held_out_target_is_reached(image_root):
+    images = load_images(list_images(image_root / "train"), 32)
+    budget = 4.0
+    edsr, _, report = augment.pretrain.pretrain(
+        images, budget, target_gain_db=-100.0, check_every_s=0.5, progress=False
+    )
+    assert report["edsr_seconds"] < 0.5 * augment.pretrain.EDSR_SHARE * budget and report["edsr_steps"] >= 1
+    hold = images[-report["holdout_images"] :].float() / 255
+    bicubic = F.interpolate(downscale(hold), size=(32, 32), mode="bicubic").clamp(0, 1)
+    with torch.no_grad():
+        gain = psnr(edsr(downscale(hold)).clamp(0, 1), hold) - psnr(bicubic, hold)
+    assert gain == pytest.approx(report["edsr_gain_db"], abs=1e-3)  # the returned network is the checked one
 
 
 def test_identity_when_all_perturbations_are_off(pretrained, image_root):
