@@ -22,7 +22,7 @@ from train.data.datamodule import ImageNetDataModule, split_minival
 from train.data.folder import DataLayoutError, ImageFolderDataset, scan_folder
 from train.data.shards import ShardSets, ShardStream
 from train.data.transforms import eval_transform, train_transform
-from train.shards import default_sets, layout_of
+from train.shards import default_sets, layout_of, write_shards
 
 BENCH = DataConfig(image_size=32, scale=[0.35, 1.0], num_workers=2)  # conf/data/benchmark.yaml at 32 px
 
@@ -245,3 +245,24 @@ def test_train_cli_from_shards(bench_root, shard_dir, cache_dir, tmp_path):
     n_train = len(list((bench_root / "train").glob("*/*"))) - minival
     assert dropped == {n_train - (n_train // 16) * 16}
     assert np.isfinite(metrics["val/imagenet/top1"])
+
+
+def test_shard_stream_replaces_an_unreadable_image(bench_root, tmp_path):
+    """A corrupt member keeps the batch count: it is reported in ``bad`` and replaced by a readable one."""
+    classes = (bench_root / "classes.txt").read_text().split()
+    for sample in scan_folder(bench_root / "train", classes)[::50]:
+        target = tmp_path / "src" / "train" / sample.path.parent.name / sample.path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(sample.path.read_bytes())
+    broken = sorted((tmp_path / "src" / "train").glob("*/*"))[5]
+    broken.write_bytes(b"not a jpeg")
+    (tmp_path / "src" / "classes.txt").write_text("\n".join(classes))
+    write_shards(tmp_path / "src", tmp_path / "out", ["train"], shard_size=10, progress=False)
+    sets = ShardSets(tmp_path / "out")
+    samples = sets.scan(sets.folder("train"), classes)
+    bad_index = next(i for i, s in enumerate(samples) if s.path.name == broken.name)
+    batches = list(DataLoader(ShardStream(samples, train_transform(BENCH), 8), batch_size=8))
+    assert len(samples) == 32 and len(batches) == 4 and all(b[0].shape[0] == 8 for b in batches)
+    bad = torch.cat([b[3] for b in batches])
+    index = torch.cat([b[2] for b in batches])
+    assert bad[bad >= 0].tolist() == [bad_index] and bad_index not in index.tolist()
