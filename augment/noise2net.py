@@ -118,7 +118,7 @@ def res2net_block(z: Tensor, params: BlockParams, expanded: Tensor | None = None
     project = params.project.split(width, dim=2)
     y = torch.bmm(project[0], outs[0].view(m, width, h * w))
     for weight, group in zip(project[1:], outs[1:], strict=True):
-        y.baddbmm_(weight, group.view(m, width, h * w))
+        y = torch.baddbmm(y, weight, group.view(m, width, h * w))  # (3 channels; FLOP counters see it)
     return _norm_(y.view(m, 3, h, w), relu=False)
 
 

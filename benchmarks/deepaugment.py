@@ -9,7 +9,10 @@
    forward + backward + SGD) on the same batch, next to the FLOP floor counted with torch.utils.flop_counter.
    The per-batch cost of the reference mix (1/3 clean, 1/3 EDSR, 1/3 CAE) and of Noise2Net on half the batch is
    p_edsr * t_edsr + p_cae * t_cae (and 0.5 * t_noise2net), each t timed with the whole batch on that path, so
-   small CPU batches add no routing noise.
+   small CPU batches add no routing noise. Noise2Net's FLOPs are the expectation over its kernel draws (half of
+   its hierarchical convs are 1x1): 1.72 GFLOP at 224 px; with every conv at 3x3 it would be 2.96.
+   All timed functions run interleaved, one after the other in every round, and each ratio is the median of its
+   per-round ratios, so load changes on a shared machine hit both sides of a ratio alike.
 3. Peak extra memory of the augment step for a batch of 64 at 224 px with the default mix (CUDA
    max_memory_allocated, or peak RSS above the pre-step RSS on CPU, sampled every 2 ms), in a fresh process.
 Speed does not depend on the weights, so the networks are randomly initialised.
@@ -34,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from augment import CAE, EDSR, DeepAugment, Noise2Net, perturb_cae, perturb_edsr
 from augment.networks.edsr import downscale
+from augment.noise2net import ConvGroup, res2net_block
 
 REDRAW_P = 0.05
 
@@ -43,17 +47,34 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median seconds of ``fn`` over ``repeats`` runs after one warm-up run."""
-    fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def timed_rounds(
+    fns: dict[str, Callable[[], object]], device: torch.device, repeats: int
+) -> dict[str, list[float]]:
+    """Seconds of every ``fn`` in each of ``repeats`` rounds (one warm-up run each first).
+
+    The functions run interleaved, one after the other in every round, so a change of the machine's load hits all
+    of them alike; ratios are taken per round.
+    """
+    for fn in fns.values():
         fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    sync(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def ratio(times: dict[str, list[float]], num: str, den: str) -> float:
+    """Median over rounds of times[num] / times[den]."""
+    return median([a / b for a, b in zip(times[num], times[den], strict=True)])
 
 
 def weight_files(root: Path) -> dict[str, str]:
@@ -116,13 +137,32 @@ def resnet_step(batch: torch.Tensor) -> Callable[[], None]:
     return step
 
 
+def noise2net_gflop(size: int) -> float:
+    """Expected GFLOP per image of Noise2Net at ``size`` px over its kernel draws.
+
+    Each hierarchical conv has K = 1 or K = 3 with probability 1/2 (the dilation does not change its FLOPs), so the
+    expectation is the mean of a block with every K = 1 and one with every K = 3, times the number of blocks.
+    """
+    aug = Noise2Net(p=1.0)
+    z = torch.rand(1, 3, size, size)
+    width, rows = aug.hidden_planes, torch.zeros(1, dtype=torch.long)
+    per_k = []
+    for k in (1, 3):
+        params = aug.sample_block(1, z)
+        params = params._replace(
+            convs=[[ConvGroup(rows, torch.rand(1, width, width, k, k), 1)]] * len(params.convs)
+        )
+        per_k.append(flops(lambda params=params: res2net_block(z, params)))
+    return aug.num_blocks * sum(per_k) / 2 / 1e9
+
+
 def flop_floor(size: int, cae_size: int | None) -> dict[str, float]:
     """GFLOP per image: EDSR from size/4, CAE at cae_size (or size), Noise2Net, ResNet-50 train step."""
     with torch.no_grad():
         edsr = flops(lambda: EDSR()(torch.rand(1, 3, size // 4, size // 4))) / 1e9
         side = cae_size or size
         cae = flops(lambda: CAE()(torch.rand(1, 3, side, side))) / 1e9
-        n2n = flops(lambda: Noise2Net(p=1.0)(torch.rand(1, 3, size, size))) / 1e9
+    n2n = noise2net_gflop(size)
     step = resnet_step(torch.rand(1, 3, size, size))
     resnet = flops(step) / 1e9
     return {"edsr": edsr, "cae": cae, "noise2net": n2n, "resnet50_step": resnet}
@@ -175,7 +215,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=4, help="images per batch for the speed runs")
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images-per-network", type=int, default=16)
     parser.add_argument("--cae-size", type=int, default=None)
     parser.add_argument("--memory-batch", type=int, default=64, help="0 skips the memory measurement")
@@ -190,27 +230,35 @@ def main() -> None:
     ipn, cae_size = args.images_per_network, args.cae_size
     print(f"device={device} batch={args.batch} size={args.size} images_per_network={ipn} cae_size={cae_size}")
 
-    speed, full = {}, {}
+    fns = {}
     for kind, probs in (("edsr", (1.0, 0.0)), ("cae", (0.0, 1.0))):
         aug = DeepAugment(
             **weights, p_edsr=probs[0], p_cae=probs[1], images_per_network=ipn, cae_size=cae_size
         )
         aug = aug.to(device)
-        full[kind] = timed(lambda aug=aug: aug(x), device, args.repeats)
-        reference = timed(reference_procedure(aug, kind, x), device, args.repeats)
-        speed[kind] = (args.batch / full[kind], args.batch / reference)
-        print(f"{kind}: batched {speed[kind][0]:.2f} img/s, reference procedure {speed[kind][1]:.2f} img/s")
+        fns[kind] = lambda aug=aug: aug(x)
+        fns[f"{kind}_reference"] = reference_procedure(aug, kind, x)
     noise2net = Noise2Net(p=1.0).to(device)
-    full["noise2net"] = timed(lambda: noise2net(x), device, args.repeats)
-    t_mix, t_n2n = (full["edsr"] + full["cae"]) / 3, 0.5 * full["noise2net"]
-    t_resnet = timed(resnet_step(x), device, args.repeats)
+    fns["noise2net"] = lambda: noise2net(x)
+    fns["resnet50_step"] = resnet_step(x)
+    times = timed_rounds(fns, device, args.repeats)
+    full = {name: median(t) for name, t in times.items()}
+    for kind in ("edsr", "cae"):
+        print(
+            f"{kind}: batched {args.batch / full[kind]:.2f} img/s, "
+            f"reference procedure {args.batch / full[kind + '_reference']:.2f} img/s (medians)"
+        )
+    # Cost per batch of the reference mix (1/3 EDSR, 1/3 CAE) and of Noise2Net on half the batch, per round.
+    times["mix"] = [(e + c) / 3 for e, c in zip(times["edsr"], times["cae"], strict=True)]
+    times["noise2net_half"] = [0.5 * t for t in times["noise2net"]]
+    t_resnet = full["resnet50_step"]
     gflop = flop_floor(args.size, cae_size)
     floor_mix = (gflop["edsr"] + gflop["cae"]) / 3 / gflop["resnet50_step"]
     floor_n2n = 0.5 * gflop["noise2net"] / gflop["resnet50_step"]
     print("GFLOP per image: " + ", ".join(f"{k} {v:.2f}" for k, v in gflop.items()))
     print(
         f"seconds per batch: EDSR {full['edsr']:.3f}, CAE {full['cae']:.3f}, Noise2Net {full['noise2net']:.3f} "
-        f"(whole batch on each); ResNet-50 train step {t_resnet:.3f}"
+        f"(whole batch on each); ResNet-50 train step {t_resnet:.3f} (medians of {args.repeats} rounds)"
     )
     for side in (args.size, args.size // 2):
         g = gflop if side == (cae_size or args.size) else flop_floor(args.size, side)
@@ -224,13 +272,15 @@ def main() -> None:
             f"memory: DeepAugment step, batch {args.memory_batch} at {args.size} px: {memory:.0f} MiB ({kind})"
         )
 
-    print("--- ratios ---")
-    for kind, (batched, reference) in speed.items():
-        print(f"{kind}: batched / reference procedure = {batched / reference:.2f}x")
-    for name, t, floor in (("DeepAugment mix", t_mix, floor_mix), ("Noise2Net on half", t_n2n, floor_n2n)):
-        print(
-            f"{name} / ResNet-50 step = {t / t_resnet:.3f} (FLOP floor {floor:.3f}: {t / t_resnet / floor:.2f}x floor)"
-        )
+    print(f"--- ratios (median over {args.repeats} interleaved rounds) ---")
+    for kind in ("edsr", "cae"):
+        print(f"{kind}: batched / reference procedure = {ratio(times, kind + '_reference', kind):.2f}x")
+    for name, key, floor in (
+        ("DeepAugment mix", "mix", floor_mix),
+        ("Noise2Net on half", "noise2net_half", floor_n2n),
+    ):
+        cost = ratio(times, key, "resnet50_step")
+        print(f"{name} / ResNet-50 step = {cost:.3f} (FLOP floor {floor:.3f}: {cost / floor:.2f}x floor)")
 
 
 if __name__ == "__main__":
