@@ -56,7 +56,8 @@ EXTRA_CORRUPTIONS: tuple[str, ...] = CORRUPTION_NAMES[15:]
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 CPU_CHUNK_ELEMENTS = 2**18
 """On the CPU a batch is corrupted in chunks of about this many values (one 224 px image, 1 MB
-in float32), whose intermediates stay in the cache: 2-3x faster than whole batches of 64."""
+in float32), whose intermediates stay in the cache, each copied into the output while still
+cached: 2-3x faster than whole batches of 64."""
 IMAGE_BY_IMAGE = frozenset({"jpeg_compression"})
 """Corruptions that run image by image on the CPU anyway (a codec call), so are not chunked."""
 
@@ -98,8 +99,9 @@ def corrupt(
     work = images.to(working_dtype(images))
     if images.device.type == "cpu" and name not in IMAGE_BY_IMAGE:
         step = max(1, CPU_CHUNK_ELEMENTS // images[0].numel())
-        chunks = work.split(step)
-        out = torch.cat([CORRUPTIONS[name](chunk, severity, generator, pixel_scale) for chunk in chunks])
+        out = torch.empty_like(work)
+        for chunk, target in zip(work.split(step), out.split(step), strict=True):
+            target.copy_(CORRUPTIONS[name](chunk, severity, generator, pixel_scale))  # while cached
     else:
         out = CORRUPTIONS[name](work, severity, generator, pixel_scale)
     return out.to(images.dtype)

@@ -95,4 +95,4 @@ def pixelate(x: Tensor, severity: int, generator: torch.Generator | None, scale:
     h, w = x.shape[-2:]
     small_h, small_w = max(1, int(h * factor)), max(1, int(w * factor))
     small_t = _box_down_rows(_box_down_rows(x, small_h).transpose(-1, -2).contiguous(), small_w)
-    return _nearest_up_rows(_nearest_up_rows(small_t, w).transpose(-1, -2).contiguous(), h)
+    return _nearest_up_rows(_nearest_up_rows(small_t, w).transpose(-1, -2), h)  # gathers transpose too
