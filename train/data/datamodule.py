@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
@@ -17,6 +19,9 @@ from train.data.benchmark import ensure_benchmark
 from train.data.folder import DataLayoutError, ImageFolderDataset, Sample, scan_folder
 from train.data.shards import EpochLoader, ShardSets, ShardStream
 from train.data.transforms import train_transform
+
+if TYPE_CHECKING:
+    from train.data.dali import DaliTrainLoader
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +186,7 @@ class ImageNetDataModule(L.LightningDataModule):
             **kwargs,
         )
 
-    def train_dataloader(self):
+    def train_dataloader(self) -> Iterable[tuple[torch.Tensor, ...]]:
         """Batches ``(images [B,3,H,W] in [0,1], targets [B], indices [B], bad [B])``, the same number
         on every rank, from the configured backend (torchvision, DALI, or shards)."""
         assert self.train_set is not None, "setup('fit') builds the train set"
@@ -220,7 +225,7 @@ class ImageNetDataModule(L.LightningDataModule):
             return self.loader(self.train_set, self.cfg.batch_size, sampler, drop_last=True)
         return self.loader(self.train_set, self.cfg.batch_size, None, drop_last=True, shuffle=True)
 
-    def dali_loader(self, rank: int, world: int):
+    def dali_loader(self, rank: int, world: int) -> DaliTrainLoader | None:
         """The DALI loader (GPU decoding when CUDA is present); None, with one warning, without DALI."""
         try:
             from train.data.dali import DaliTrainLoader
