@@ -61,7 +61,7 @@ class DeepAugment(RandomAugmentation):
         edsr_body_options: per-image options in the EDSR body (1 negate, 2 ReLU/GELU, 3 flip, 4 skip, 5 nothing).
         cae_weight_options: CAE weight options (0-8; the reference draws from 0-7).
         cae_latent_options: per-image latent options (0-8).
-        cpu_pass_pixels: on a CPU, at most this many output pixels per network pass (default: two 224 px images);
+        cpu_pass_pixels: on a CPU, at most this many output pixels per network pass (default: one 224 px image);
             larger batches run in sub-batches with the same result, which keeps activations cache-sized and
             below the allocator's fresh-mapping size. Ignored on other devices (one pass).
         An empty option list switches that kind of perturbation off.
@@ -82,7 +82,7 @@ class DeepAugment(RandomAugmentation):
         edsr_body_options: Sequence[int] = perturb_edsr.BODY_OPTIONS,
         cae_weight_options: Sequence[int] = perturb_cae.WEIGHT_OPTIONS,
         cae_latent_options: Sequence[int] = perturb_cae.LATENT_OPTIONS,
-        cpu_pass_pixels: int = 2 * 224 * 224,
+        cpu_pass_pixels: int = 224 * 224,
     ) -> None:
         super().__init__(seed)
         self.p_edsr = check_probability(p_edsr, "p_edsr")
