@@ -1,6 +1,6 @@
 """Speed of the batched ImageNet-C corruptions against the ``imagecorruptions`` package.
 
-    python -m benchmarks.corruptions [--batch 32] [--size 224] [--device cpu] [--reference-images 8] [--threads N]
+    python -m benchmarks.corruptions [--batch 32] [--size 224] [--device cpu] [--reference-images N] [--threads N]
 
 Both sides corrupt the same photos at every severity 1..5, best of ``--repeats`` timed passes
 after a warm-up: the reference image by image (uint8 HxWx3 NumPy arrays, its native input),
@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=32, help="images per batch for ours")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--reference-images", type=int, default=8, help="images the reference corrupts")
+    parser.add_argument(
+        "--reference-images", type=int, help="how many of the batch the reference corrupts (default: all)"
+    )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--names", nargs="*", default=list(CORRUPTION_NAMES))
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")

@@ -99,12 +99,16 @@ def jpeg_round_trip(x: Tensor, quality: int) -> Tensor:
 def libjpeg_round_trip(x: Tensor, quality: int) -> Tensor:
     """``jpeg_round_trip`` of a CPU batch through libjpeg-turbo, image by image; the result is
     laid out channels-last (libjpeg's pixel order), saving a transposing copy."""
-    out = torch.empty(x.shape[0], *x.shape[2:], x.shape[1], dtype=x.dtype)
+    b, c, h, w = x.shape
+    out = torch.empty(b, h, w, c, dtype=x.dtype)
+    pixels = torch.empty(h, w, c, dtype=torch.uint8)  # H x W x 3, libjpeg's order: no copy in the encoder
     with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs in favour of torchcodec
         warnings.simplefilter("ignore", DeprecationWarning)
         for image, target in zip(x, out, strict=True):
-            pixels = torch.add(0.5, image, alpha=255).clamp_(0, 255).to(torch.uint8)  # rounded to 8 bits
-            decoded = torchvision.io.decode_jpeg(torchvision.io.encode_jpeg(pixels, quality=quality))
+            pixels.copy_(torch.add(0.5, image, alpha=255).clamp_(0, 255).permute(1, 2, 0))  # to 8 bits
+            decoded = torchvision.io.decode_jpeg(
+                torchvision.io.encode_jpeg(pixels.permute(2, 0, 1), quality=quality)
+            )
             torch.div(decoded.permute(1, 2, 0), 255, out=target)
     return out.permute(0, 3, 1, 2)
 
