@@ -122,6 +122,7 @@ class EvalConfig:
     seed: int = 0  # fixes every generated corruption (imagenet-c-gen, imagenet-p) across runs and epochs
     c_grid_images: int = 100  # imagenet-c-gen: val images scored on the full 15x5 grid at the end
     p_images: int = 16  # imagenet-p: val images turned into perturbation sequences per evaluation
+    save_logits: bool = True  # training: logits/<variant>.npz of the final evaluation (compare's bootstrap)
 
 
 @dataclass

@@ -19,13 +19,16 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from evaluation.callback import VariantEvaluator
+from evaluation.compare.sources import Run
 from evaluation.generated import GeneratedCorruptions
+from evaluation.logits import save_logits
 from evaluation.metrics import ALEXNET, CorruptionReference
 from evaluation.plots import PlotWriter
 from evaluation.registry import metric_spec
 from evaluation.results import write_scores
 from evaluation.suite import VAL, EvalSuite, build_data
 from evaluation.variants import MINIVAL
+from evaluation.wandb_logging import declare_metrics, log_final
 from train.augmentation import build_augment, write_preview
 from train.callbacks import AtomicCheckpointIO, BadFileReport, HealthMonitor, RandomStateCheckpoint
 from train.cluster import build_strategy, cluster_plugins, is_rank_zero, resume_checkpoint
@@ -137,6 +140,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
     logger = create_logger(
         conf.logger, run_dir, conf.experiment, group_name(conf), tags, flat_config, wandb_id
     )
+    declare_metrics(logger)
 
     evaluator = VariantEvaluator(
         suite, run_dir, corruption_reference(conf.eval.c_normaliser), generated_scorer(conf.eval, suite)
@@ -204,6 +208,10 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
         table = write_scores(
             run_dir, evaluator.results, conf.experiment, conf.model.name, module.classifier, conf.data
         )
+        if conf.eval.save_logits:
+            save_logits(suite, evaluator.last_outputs, run_dir / "logits")
+        variant = (conf.experiment, conf.head.name, augment_name(cfg), conf.model.name, conf.seed)
+        log_final(logger, Run(conf.experiment, *variant, evaluator.results), run_dir / "plots")
         write_json(run_dir / "phases.json", phases.seconds)
         print(table)
         print(f"run directory: {run_dir}")

@@ -1,0 +1,45 @@
+"""``python -m evaluation.compare <run dirs | sweep folder | offline W&B runs | wandb://entity/project/group>
+[--baseline NAME] [--rows auto|run|experiment] [--metrics top1,auroc,...] [--out FOLDER]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from evaluation.compare.sources import SourceError, load_runs
+from evaluation.compare.table import DEFAULT_METRICS, CompareError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the command line, write the report, print its path; 2 with one line on bad input."""
+    parser = argparse.ArgumentParser(prog="python -m evaluation.compare", description=__doc__)
+    parser.add_argument(
+        "sources", nargs="+", help="run dirs, sweep folders, offline W&B runs, wandb:// groups"
+    )
+    parser.add_argument(
+        "--baseline", help="experiment or run name the diffs are taken against (default: first run)"
+    )
+    parser.add_argument("--rows", choices=("auto", "run", "experiment"), default="auto")
+    parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="metric names, comma separated")
+    parser.add_argument("--out", type=Path, default=Path("comparison"), help="output folder")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    args = parser.parse_args(argv)
+    from evaluation.compare.report import write_report  # after argument checks: imports torch
+
+    try:
+        runs = load_runs(args.sources)
+        report = write_report(
+            runs, args.out, args.baseline, args.rows, args.metrics.split(","), args.resamples, args.seed
+        )
+    except (SourceError, CompareError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report.read_text())
+    print(f"report: {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Paired bootstrap confidence intervals of top-1 differences over images.
+
+Two runs that differ in one factor (the head, or the augmentation) and agree on the others (model,
+seed, and the other factor) are paired image by image through the saved logits
+(``logits/<variant>.npz``, matched on ``index`` with equal targets). The same resample of images
+(with replacement, ``resamples`` times, fixed seed) is applied to both runs' per-image correctness;
+the interval is the percentile interval of the resampled differences. With several seeds, the
+differences are also summarised as mean ± std (ddof=1) over seeds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from evaluation.compare.sources import Run
+from evaluation.compare.table import DDOF, CompareError
+
+FACTORS = ("head", "augment")
+RESAMPLES = 1000
+LEVEL = 0.95
+
+
+def image_correct(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(index [N], target [N], correct [N] bool)`` of the top-1 prediction in a logits file, as the
+    variant scores it (subset variants over their classes, ReaL against its label sets, images
+    without a label left out); ``None`` for variants without an accuracy (ImageNet-O)."""
+    with np.load(path) as data:
+        if "in_distribution" in data:
+            return None
+        logits, target, index = data["logits"], data["target"], data["index"]
+        if "class_indices" in data:
+            logits = logits[:, data["class_indices"]]
+        pred = logits.argmax(1)
+        if "real_labels" in data:
+            labels = data["real_labels"]
+            keep = (labels >= 0).any(1)
+            correct = (labels == pred[:, None]).any(1)
+        else:
+            keep = target >= 0
+            correct = pred == target
+    return index[keep], target[keep], correct[keep]
+
+
+def paired_correct(a: Path, b: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-image correctness of two runs on the images both scored (matched on ``index``)."""
+    first, second = image_correct(a), image_correct(b)
+    if first is None or second is None:
+        return None
+    common, ia, ib = np.intersect1d(first[0], second[0], return_indices=True)
+    if len(common) == 0:
+        raise CompareError(f"{a} and {b} share no image; compare runs scored on the same data")
+    if not np.array_equal(first[1][ia], second[1][ib]):
+        raise CompareError(
+            f"{a} and {b} give the same images different labels; compare runs on the same data"
+        )
+    return first[2][ia], second[2][ib]
+
+
+def resample_indices(n: int, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
+    """``[resamples, n]`` image indices drawn with replacement (numpy's default generator)."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def bootstrap_difference(
+    reference: np.ndarray, other: np.ndarray, resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL
+) -> tuple[float, float, float]:
+    """Top-1 of ``other`` minus top-1 of ``reference`` (percentage points) on the same images
+    (``[N]`` bool each), and its paired bootstrap percentile interval ``(diff, low, high)``."""
+    idx = resample_indices(len(reference), resamples, seed)
+    diffs = 100.0 * (other[idx].mean(1) - reference[idx].mean(1))
+    tail = 100.0 * (1 - level) / 2
+    low, high = np.percentile(diffs, [tail, 100.0 - tail])
+    return 100.0 * (other.mean() - reference.mean()), float(low), float(high)
+
+
+def partner(run: Run, runs: Sequence[Run], factor: str, value: str) -> Run | None:
+    """The run equal to ``run`` in everything but ``factor``, which is ``value``."""
+    keys = [k for k in (*FACTORS, "model", "seed") if k != factor]
+    for other in runs:
+        if getattr(other, factor) == value and all(getattr(other, k) == getattr(run, k) for k in keys):
+            return other
+    return None
+
+
+def paired_differences(
+    runs: Sequence[Run], baseline: Run, resamples: int = RESAMPLES, seed: int = 0
+) -> pd.DataFrame:
+    """One row per (factor, compared run, variant with logits in both runs): the top-1 difference
+    against the run with the baseline's value of that factor, and its bootstrap interval."""
+    rows = []
+    for factor in FACTORS:
+        reference_value = getattr(baseline, factor)
+        other_factor = next(f for f in FACTORS if f != factor)
+        for run in runs:
+            if getattr(run, factor) == reference_value:
+                continue
+            ref = partner(run, runs, factor, reference_value)
+            if ref is None or run.run_dir is None or ref.run_dir is None:
+                continue
+            for file in sorted((run.run_dir / "logits").glob("*.npz")):
+                variant = file.stem
+                ref_file = ref.logits_file(variant)
+                pair = paired_correct(ref_file, file) if ref_file is not None else None
+                if pair is None:
+                    continue
+                diff, low, high = bootstrap_difference(*pair, resamples=resamples, seed=seed)
+                rows.append(
+                    {
+                        "comparison": f"{factor}: {getattr(run, factor)} - {reference_value}",
+                        "with": f"{other_factor}={getattr(run, other_factor)}",
+                        "seed": run.seed,
+                        "variant": variant,
+                        "diff": diff,
+                        "ci_low": low,
+                        "ci_high": high,
+                        "n_images": len(pair[0]),
+                        "run": run.name,
+                        "reference_run": ref.name,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def summarise(differences: pd.DataFrame) -> pd.DataFrame:
+    """Per (comparison, with, variant): mean and std (ddof=1) of the difference over seeds, the
+    number of seeds, and the bootstrap interval when there is one seed."""
+    grouped = differences.groupby(["comparison", "with", "variant"], sort=False)
+    out = grouped["diff"].agg(["mean", "count"]).rename(columns={"count": "n_seeds"})
+    out["std"] = grouped["diff"].std(ddof=DDOF)
+    first = grouped[["ci_low", "ci_high"]].first()
+    single = out["n_seeds"] == 1
+    out["ci_low"] = first["ci_low"].where(single)
+    out["ci_high"] = first["ci_high"].where(single)
+    return out.reset_index()

@@ -1,0 +1,154 @@
+"""Assemble the comparison report: ``comparison.md``, ``comparison.csv``, ``differences.csv`` and
+``img/compare_*.png`` in one output folder."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from evaluation.compare import charts
+from evaluation.compare.bootstrap import LEVEL, paired_differences, summarise
+from evaluation.compare.sources import Run
+from evaluation.compare.table import (
+    DDOF,
+    CompareError,
+    add_diffs,
+    baseline_rows,
+    experiments_frame,
+    markdown_frame,
+    markdown_table,
+    metric_columns,
+    runs_frame,
+)
+from evaluation.variants import VARIANTS
+
+
+def baseline_run(runs: Sequence[Run], baseline: str) -> Run:
+    """The run named ``baseline``, else the first run of the experiment ``baseline``."""
+    for run in runs:
+        if baseline in (run.name, run.experiment):
+            return run
+    names = sorted({*(r.name for r in runs), *(r.experiment for r in runs)})
+    raise CompareError(f"--baseline {baseline} is unknown; give one of: {', '.join(names)}")
+
+
+def difference_cell(row: pd.Series) -> str:
+    """``+1.23 [-0.40, +2.90]`` (one seed, bold when the interval excludes 0) or ``+1.23 ± 0.50 (3 seeds)``."""
+    if row["n_seeds"] == 1:
+        text = f"{row['mean']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
+        return f"**{text}**" if row["ci_low"] > 0 or row["ci_high"] < 0 else text
+    std = f" ± {row['std']:.2f}" if math.isfinite(row["std"]) else ""
+    return f"{row['mean']:+.2f}{std} ({row['n_seeds']} seeds)"
+
+
+def write_report(
+    runs: Sequence[Run],
+    out: Path,
+    baseline: str | None = None,
+    rows: str = "auto",
+    metrics: Sequence[str] = ("top1",),
+    resamples: int = 1000,
+    seed: int = 0,
+) -> Path:
+    """Write the report of ``runs`` into ``out``; returns the Markdown file.
+
+    Args:
+        baseline: experiment or run name the diffs are taken against (default: the first run).
+        rows: ``run``, ``experiment`` (mean ± std over seeds) or ``auto`` (experiment when one
+            has several runs).
+        metrics: metric names whose ``val/<variant>/<metric>`` columns are shown.
+        resamples, seed: of the paired bootstrap.
+    """
+    if not runs:
+        raise CompareError("no runs to compare; give run directories, a sweep folder or wandb://...")
+    columns = metric_columns(runs, list(metrics))
+    base_run = baseline_run(runs, baseline or runs[0].name)
+    per_run = runs_frame(runs, columns)
+    several = per_run.groupby("experiment").size().max() > 1
+    per_experiment = rows == "experiment" or (rows == "auto" and several)
+    if per_experiment:
+        frame = experiments_frame(per_run, columns)
+        reference = base_run.experiment
+    else:
+        frame, reference = per_run, baseline or base_run.name
+    frame = add_diffs(frame, baseline_rows(frame, reference, per_experiment), columns)
+
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "comparison.csv")
+    differences = paired_differences(runs, base_run, resamples=resamples, seed=seed)
+    differences.to_csv(out / "differences.csv", index=False)
+
+    img = out / "img"
+    figures: dict[str, Path | None] = {}
+    top1 = [k for k in columns if k.endswith("/top1")]
+    if top1:
+        figures["top-1 per variant"] = charts.grouped_bars(
+            frame, top1, "top-1 %", "top-1 per variant (final weights)", img / "compare_top1.png"
+        )
+    c_keys = charts.corruption_keys(runs[0].metrics)
+    if c_keys and all(set(c_keys) <= set(r.metrics) for r in runs):
+        c_frame = (
+            experiments_frame(runs_frame(runs, c_keys), c_keys)
+            if per_experiment
+            else runs_frame(runs, c_keys)
+        )
+        figures["ImageNet-C corruption error per corruption"] = charts.grouped_bars(
+            c_frame, c_keys, "CE %", "ImageNet-C: CE per corruption", img / "compare_imagenet-c_ce.png"
+        )
+    points = charts.robustness_points(runs)
+    if not points.empty:
+        figures["effective robustness"] = charts.effective_robustness(
+            points, img / "compare_effective_robustness.png"
+        )
+    figures["ImageNet-O confidence"] = charts.ood_confidence(runs, img / "compare_imagenet-o_confidence.png")
+    figures["reliability on val"] = charts.reliability_by_experiment(runs, img / "compare_reliability.png")
+
+    unit = "experiment (mean ± sample std over seeds, ddof=1)" if per_experiment else "run"
+    lines = [
+        "# Comparison",
+        "",
+        f"{len(runs)} runs, one row per {unit}. Scores of the final weights on every variant; cells are "
+        f"`value (difference to {reference})`, the best of each column in bold (direction from "
+        "`evaluation/registry.py`).",
+        "",
+        markdown_table(frame, columns, per_experiment),
+        "",
+    ]
+    if not differences.empty:
+        summary = summarise(differences)
+        summary["cell"] = summary.apply(difference_cell, axis=1)
+        pivot = summary.pivot_table(
+            index=["comparison", "with"], columns="variant", values="cell", aggfunc="first", sort=False
+        )
+        pivot = pivot[sorted(pivot.columns, key=list(VARIANTS).index)]
+        pivot.index = [f"{c} ({w})" for c, w in pivot.index]
+        pivot.index.name = "top-1 difference"
+        lines += [
+            "## Paired differences",
+            "",
+            f"Top-1 differences in percentage points over the same images; one seed: "
+            f"{LEVEL:.0%} paired bootstrap percentile interval ({resamples} resamples, seed {seed}; bold "
+            f"when it excludes 0); several seeds: mean ± std over seeds (ddof={DDOF}), intervals per seed "
+            "in `differences.csv`.",
+            "",
+            markdown_frame(pivot.fillna("")),
+            "",
+        ]
+    lines += ["## Charts", ""]
+    lines += [f"![{title}](img/{path.name})\n" for title, path in figures.items() if path is not None]
+    runs_table = pd.DataFrame(
+        {
+            "experiment": [r.experiment for r in runs],
+            "seed": [r.seed for r in runs],
+            "group": [r.group or "" for r in runs],
+            "source": [str(r.run_dir) if r.run_dir else "W&B" for r in runs],
+        },
+        index=pd.Index([r.name for r in runs], name="run"),
+    )
+    lines += ["## Runs", "", markdown_frame(runs_table), ""]
+    report = out / "comparison.md"
+    report.write_text("\n".join(lines))
+    return report

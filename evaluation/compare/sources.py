@@ -1,0 +1,242 @@
+"""Where compared runs come from: run directories, offline W&B runs, or a W&B group online.
+
+- A run directory of ``python -m train``: ``metrics.json`` (else the last evaluation in
+  ``history.csv``), ``config.yaml`` (head, augment, seed), ``logits/`` for the bootstrap, and the
+  W&B group of its offline run (``wandb/offline-run-*``) when there is one. A folder holding run
+  directories (a Hydra sweep folder) stands for all of them.
+- An offline W&B run folder (``offline-run-*``) or a ``wandb`` folder holding them, read without a
+  server by ``wandb leet inspect``; the folders of a resumed run (one id) are merged, later wins.
+- ``wandb://entity/project/group``: every run of that group, via ``wandb.Api`` (needs the network
+  and an API key; not exercised by the tests, which have neither).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+WANDB_URL = "wandb://"
+
+
+class SourceError(ValueError):
+    """A compare source cannot be read (the message names it and the fix)."""
+
+
+@dataclass
+class Run:
+    """One compared run.
+
+    Attributes:
+        name: row label (the run directory's or the W&B run's name).
+        experiment, head, augment, model, seed: what it trained (runs are paired on these).
+        metrics: final scores ``{"val/<variant>/<metric>": value}`` of the final weights.
+        group: its W&B group, when known.
+        run_dir: where its ``logits/<variant>.npz`` files are, when it has them.
+    """
+
+    name: str
+    experiment: str
+    head: str
+    augment: str
+    model: str
+    seed: int
+    metrics: dict[str, float]
+    group: str | None = None
+    run_dir: Path | None = None
+
+    def logits_file(self, variant: str) -> Path | None:
+        """``<run dir>/logits/<variant>.npz`` if this run saved it."""
+        if self.run_dir is None:
+            return None
+        path = self.run_dir / "logits" / f"{variant}.npz"
+        return path if path.is_file() else None
+
+
+def final_scores(values: dict[str, Any]) -> dict[str, float]:
+    """The ``val/...`` numbers of a metrics dict or W&B summary; a W&B ``{"last": v, ...}`` gives v."""
+    scores = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            value = value.get("last")
+        if key.startswith("val/") and isinstance(value, int | float) and not isinstance(value, bool):
+            scores[key] = float(value)
+    return scores
+
+
+def history_scores(path: Path) -> dict[str, float]:
+    """Scores of the last evaluation in ``history.csv`` (the ``final`` phase when it ran)."""
+    frame = pd.read_csv(path)
+    last = (
+        frame[frame.phase == "final"]
+        if (frame.phase == "final").any()
+        else frame[frame.epoch == frame.epoch.max()]
+    )
+    scores = {}
+    for _, row in last.iterrows():
+        for metric, value in row.drop(["epoch", "step", "phase", "variant"]).items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                scores[f"val/{row.variant}/{metric}"] = float(value)
+    return scores
+
+
+def wandb_executable() -> str:
+    """The ``wandb`` command of this environment."""
+    beside = Path(sys.executable).parent / "wandb"
+    found = str(beside) if beside.is_file() else shutil.which("wandb")
+    if found is None:
+        raise SourceError("the `wandb` command is not installed; pip install wandb to read offline W&B runs")
+    return found
+
+
+def leet(folder: Path, *flags: str) -> str:
+    """Output of ``wandb leet inspect <flags> --json <folder>`` (reads the run's file, no server)."""
+    proc = subprocess.run(
+        [wandb_executable(), "leet", "inspect", *flags, "--json", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if proc.returncode != 0:
+        raise SourceError(f"{folder}: `wandb leet inspect` failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return proc.stdout
+
+
+def offline_record(folders: list[Path]) -> dict[str, Any]:
+    """One offline W&B run from its folders (a resumed run has several): summary, config, tags and
+    the ``run`` record's group and job type, merged in folder (= start time) order, later wins."""
+    merged: dict[str, Any] = {"summary": {}, "config": {}, "tags": [], "group": None, "name": ""}
+    for folder in sorted(folders):
+        summary = json.loads(leet(folder, "--summary"))
+        merged["summary"].update(summary.get("summary") or {})
+        merged["config"].update(summary.get("config") or {})
+        merged["tags"] = summary.get("tags") or merged["tags"]
+        merged["name"] = summary.get("name") or merged["name"]
+        merged["run_id"] = summary.get("run_id")
+        for line in leet(folder).splitlines():
+            record = json.loads(line)
+            if record.get("type") == "run":
+                merged["group"] = record["run"].get("run_group") or merged["group"]
+                merged["job_type"] = record["run"].get("job_type")
+                break
+    return merged
+
+
+def offline_folders(path: Path) -> dict[str, list[Path]]:
+    """``offline-run-<time>-<id>`` folders in or at ``path``, by run id."""
+    folders = [path] if path.name.startswith("offline-run-") else sorted(path.glob("offline-run-*"))
+    by_id: dict[str, list[Path]] = {}
+    for folder in folders:
+        by_id.setdefault(folder.name.rsplit("-", 1)[-1], []).append(folder)
+    return by_id
+
+
+def run_from_wandb(record: dict[str, Any], fallback_name: str) -> Run:
+    """A :class:`Run` from a W&B run's flat config and summary (online or offline)."""
+    config = record["config"]
+    missing = [k for k in ("experiment", "head", "augment", "model.name", "seed") if k not in config]
+    if missing:
+        raise SourceError(
+            f"W&B run {fallback_name}: config has no {', '.join(missing)}; it was not logged by `python -m train`"
+        )
+    return Run(
+        name=record.get("name") or fallback_name,
+        experiment=str(config["experiment"]),
+        head=str(config["head"]),
+        augment=str(config["augment"]),
+        model=str(config["model.name"]),
+        seed=int(config["seed"]),
+        metrics=final_scores(record["summary"]),
+        group=record.get("group"),
+    )
+
+
+def run_from_dir(run_dir: Path) -> Run:
+    """A :class:`Run` from a ``python -m train`` run directory (see the module docstring)."""
+    config_file = run_dir / "config.yaml"
+    if (run_dir / "metrics.json").is_file():
+        metrics = final_scores(json.loads((run_dir / "metrics.json").read_text()))
+    elif (run_dir / "history.csv").is_file():
+        metrics = history_scores(run_dir / "history.csv")
+    else:
+        metrics = {}
+    if not config_file.is_file() or not metrics:
+        raise SourceError(
+            f"{run_dir} is not a finished `python -m train` run directory (needs config.yaml and "
+            "metrics.json or history.csv); give run directories, a sweep folder or offline W&B runs"
+        )
+    from train.program import augment_name  # here: train.program imports this package
+
+    cfg = OmegaConf.load(config_file)
+    group = None
+    for folders in offline_folders(run_dir / "wandb").values():
+        group = offline_record(folders)["group"]
+    return Run(
+        name=run_dir.name,
+        experiment=str(cfg.experiment),
+        head=str(cfg.head.name),
+        augment=augment_name(cfg),
+        model=str(cfg.model.name),
+        seed=int(cfg.seed),
+        metrics=metrics,
+        group=group,
+        run_dir=run_dir,
+    )
+
+
+def wandb_group(url: str) -> list[Run]:
+    """Every run of ``wandb://entity/project/group`` via the W&B public API (online only)."""
+    parts = url[len(WANDB_URL) :].strip("/").split("/")
+    if len(parts) != 3 or not all(parts):
+        raise SourceError(f"{url}: give wandb://<entity>/<project>/<group>")
+    import wandb
+
+    entity, project, group = parts
+    runs = [
+        run_from_wandb(
+            {"config": dict(r.config), "summary": dict(r.summary), "group": r.group, "name": r.name}, r.id
+        )
+        for r in wandb.Api().runs(f"{entity}/{project}", filters={"group": group})
+    ]
+    if not runs:
+        raise SourceError(f"{url}: no runs in that group; check the entity, project and group names")
+    return runs
+
+
+def load_runs(sources: list[str]) -> list[Run]:
+    """Every run named by ``sources`` (run dirs, sweep folders, offline W&B folders, wandb:// URLs)."""
+    runs: list[Run] = []
+    for source in sources:
+        if source.startswith(WANDB_URL):
+            runs.extend(wandb_group(source))
+            continue
+        path = Path(source)
+        if not path.is_dir():
+            raise SourceError(
+                f"{source} is not a folder; give run directories, a sweep folder or wandb://..."
+            )
+        if (path / "config.yaml").is_file():
+            runs.append(run_from_dir(path))
+        elif children := sorted(p.parent for p in path.glob("*/config.yaml")):
+            runs.extend(run_from_dir(child) for child in children)
+        elif by_id := offline_folders(path):
+            runs.extend(run_from_wandb(offline_record(f), run_id) for run_id, f in by_id.items())
+        else:
+            raise SourceError(
+                f"{source} is not a run directory, a folder of run directories or an offline W&B run; "
+                "give the folder `python -m train` printed as its run directory"
+            )
+    names = [r.name for r in runs]
+    if len(set(names)) < len(names):
+        for run in runs:  # same folder names from different sweeps: qualify by the parent
+            if names.count(run.name) > 1 and run.run_dir is not None:
+                run.name = f"{run.run_dir.parent.name}/{run.name}"
+    return runs
