@@ -57,7 +57,7 @@ SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 CPU_CHUNK_ELEMENTS = 2**18
 """On the CPU a batch is corrupted in chunks of about this many values (one 224 px image, 1 MB
 in float32), whose intermediates stay in the cache, each copied into the output while still
-cached: 2-3x faster than whole batches of 64."""
+cached: 1.6-2.7x faster than whole batches of 64."""
 IMAGE_BY_IMAGE = frozenset({"jpeg_compression"})
 """Corruptions that run image by image on the CPU anyway (a codec call), so are not chunked."""
 
