@@ -1,12 +1,13 @@
 """``python -m evaluation.compare`` over a real 2 heads x 2 seeds grid of tiny trainings (one Hydra
 multirun, W&B offline without key or network): the offline W&B runs hold the final scores, group
 and tags; the report's diffs, means and stds equal numpy's on the runs' metrics.json values; the
-bootstrap intervals equal a direct numpy computation on the saved logits; bad input stops with one
-line."""
+bootstrap intervals equal a direct numpy computation on the saved logits; a resumed run's offline
+W&B folders are merged; bad input stops with one line."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -191,3 +192,16 @@ def test_bad_input_stops_with_one_line(sweep: Path, tmp_path: Path, cache_dir: P
         proc = run_compare([*args, "--out", str(tmp_path / "out")], tmp_path, cache_dir)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
         assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_resumed_offline_run_folders_are_merged(sweep: Path, tmp_path: Path, cache_dir: Path):
+    run_dir = tmp_path / "resumed"
+    shutil.copytree(sweep / "softmax_baseline_seed0", run_dir)
+    run_train([f"resume={run_dir}", "trainer.max_epochs=2"], tmp_path, cache_dir)
+    by_id = offline_folders(run_dir / "wandb")
+    assert len(by_id) == 1 and len(next(iter(by_id.values()))) == 2  # one id, two offline-run folders
+    (run,) = load_runs([str(run_dir / "wandb")])
+    scores = json.loads((run_dir / "metrics.json").read_text())  # the resumed run's final scores
+    for key in ("val/imagenet/top1", "val/minival/top1", "val/imagenetv2-top-images/top1"):
+        assert run.metrics[key] == pytest.approx(scores[key])
+    assert run.experiment == "softmax_baseline" and run.seed == 0
