@@ -2,7 +2,7 @@
 multirun, W&B offline without key or network): the offline W&B runs hold the final scores, group
 and tags; the report's diffs, means and stds equal numpy's on the runs' metrics.json values; the
 bootstrap intervals equal a direct numpy computation on the saved logits; a resumed run's offline
-W&B folders are merged; bad input stops with one line."""
+W&B folders are merged and keep the sweep's group; bad input stops with one line."""
 
 from __future__ import annotations
 
@@ -205,3 +205,4 @@ def test_resumed_offline_run_folders_are_merged(sweep: Path, tmp_path: Path, cac
     for key in ("val/imagenet/top1", "val/minival/top1", "val/imagenetv2-top-images/top1"):
         assert run.metrics[key] == pytest.approx(scores[key])
     assert run.experiment == "softmax_baseline" and run.seed == 0
+    assert run.group == "grid_heads"  # the resumed sweep job stays in its sweep's W&B group

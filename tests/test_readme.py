@@ -16,5 +16,5 @@ def readme_block(heading: str) -> str:
 def test_ci_runs_the_readme_commands():
     ci = (REPO / ".ci" / "run").read_text()
     install, test = readme_block("Install"), readme_block("Test")
-    assert install == "pip install torch==2.14.1 torchvision==0.29.1 && pip install -e \".[test,dali]\""
+    assert install == 'pip install torch==2.14.1 torchvision==0.29.1 && pip install -e ".[test,dali]"'
     assert install in ci.splitlines() and test in ci.splitlines()

@@ -40,7 +40,7 @@ from train.data.transforms import eval_transform
 from train.heads import create_head
 from train.loggers import create_logger, restore_wandb_environment, wandb_environment
 from train.module import ClassifierModule
-from train.run_dir import run_id, write_config, write_json, write_provenance
+from train.run_dir import previous_group, run_id, write_config, write_json, write_provenance
 from train.scale import describe, global_batch, scaled_optim
 from train.validate import check_trainer_args, resolve_precision
 
@@ -67,10 +67,13 @@ class PhaseTimer:
         return _Phase()
 
 
-def group_name(cfg: Config) -> str:
-    """``logger.group``, else the sweep folder's name in multirun, else the experiment name."""
+def group_name(cfg: Config, run_dir: Path) -> str:
+    """``logger.group``, else the group the run directory already had (a resumed sweep job stays in
+    its sweep's group), else the sweep folder's name in multirun, else the experiment name."""
     if cfg.logger.group:
         return cfg.logger.group
+    if saved := previous_group(run_dir):
+        return saved
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
         return Path(hydra_cfg.sweep.dir).name
@@ -110,6 +113,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
     rank_zero = is_rank_zero()  # run files and W&B are rank 0's (DDP ranks re-run this program)
     wandb_env = wandb_environment()  # restored at the end: each run in a process is its own
     wandb_id = run_id(run_dir) if rank_zero else None
+    group = group_name(conf, run_dir)
     provenance = {"git_commit": None}
     if rank_zero:
         write_config(run_dir, cfg)
@@ -120,6 +124,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
                 "data_root": str(data.root),
                 "experiment": conf.experiment,
                 "wandb_run_id": wandb_id,
+                "wandb_group": group,
             },
         )
     tags = [
@@ -137,9 +142,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
         "benchmark_sha256": data_hash,
         "git_commit": provenance["git_commit"],
     }
-    logger = create_logger(
-        conf.logger, run_dir, conf.experiment, group_name(conf), tags, flat_config, wandb_id
-    )
+    logger = create_logger(conf.logger, run_dir, conf.experiment, group, tags, flat_config, wandb_id)
     declare_metrics(logger)
 
     evaluator = VariantEvaluator(

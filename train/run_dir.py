@@ -104,6 +104,14 @@ def write_config(run_dir: Path, cfg: DictConfig) -> None:
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
+def previous_group(run_dir: Path) -> str | None:
+    """The W&B group recorded in ``run_dir``'s ``provenance.json`` by an earlier (now resumed) run."""
+    path = run_dir / "provenance.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("wandb_group")
+
+
 def run_id(run_dir: Path) -> str:
     """The W&B run id of this run directory, created once and reused by resumed runs."""
     path = run_dir / "wandb_run_id.txt"
