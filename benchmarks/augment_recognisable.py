@@ -3,7 +3,9 @@
 Loads a model trained on clean images (a `python -m train` checkpoint), augments the benchmark's
 val images with EDSR-only, CAE-only, the default mix and Noise2Net, and prints per augmentation the
 share of images whose prediction stays the same (target >= 50%) and the mean absolute pixel change
-(target >= 0.05). The figures are the last lines.
+(target >= 0.05). The figures are the last lines. Reference rows, without any perturbation: the x4
+bicubic down-and-up round trip (what EDSR's x4 input leaves of the image), and EDSR and CAE with
+every perturbation off (what the pretrained networks themselves change).
 
     python -m benchmarks.augment_recognisable checkpoint=<run>/checkpoints/last.ckpt [images=512]
 """
@@ -13,12 +15,20 @@ from __future__ import annotations
 import sys
 
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from augment import DeepAugment, Noise2Net, ensure_pretrained
+from augment.networks.edsr import downscale
 from evaluation.config import compose_config
 from evaluation.program import build_data, build_model
 from train.data.datamodule import find_split
+
+
+def bicubic_round_trip(x: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] in [0, 1] -> downscaled x4 as EDSR's input is, upscaled back bicubically, clamped."""
+    up = F.interpolate(downscale(x), size=x.shape[-2:], mode="bicubic", align_corners=False)
+    return up.clamp(0, 1)
 
 
 def main() -> None:
@@ -34,7 +44,13 @@ def main() -> None:
         find_split(data.root, "train"), data.cache_dir / "augment", image_size=images.shape[-1]
     )
     edsr, cae = str(weights["edsr"]), str(weights["cae"])
+    edsr_off = {"edsr_weight_options": (), "edsr_pre_options": (), "edsr_body_options": ()}
     augmentations = {
+        "bicubic x4 down-up": bicubic_round_trip,
+        "EDSR, perturbations off": DeepAugment(edsr, cae, p_edsr=1.0, p_cae=0.0, **edsr_off),
+        "CAE, perturbations off": DeepAugment(
+            edsr, cae, p_edsr=0.0, p_cae=1.0, cae_weight_options=(), cae_latent_options=()
+        ),
         "EDSR": DeepAugment(edsr, cae, p_edsr=1.0, p_cae=0.0),
         "CAE": DeepAugment(edsr, cae, p_edsr=0.0, p_cae=1.0),
         "DeepAugment mix (1/3 clean)": DeepAugment(edsr, cae),
@@ -50,7 +66,7 @@ def main() -> None:
             kept = torch.cat([model.eval_forward(b).argmax(1) for b in out.split(128)]) == clean
             change = (out - images).abs().mean().item()
             print(
-                f"{name:<28} prediction kept {100 * kept.float().mean().item():5.1f}%   "
+                f"{name:<30} prediction kept {100 * kept.float().mean().item():5.1f}%   "
                 f"mean |pixel change| {change:.3f}"
             )
 
