@@ -20,7 +20,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 import conf
-from train.config import DataConfig, EvalConfig, HeadConfig, ModelConfig, PathsConfig
+from train.config import DataConfig, EvalConfig, HeadConfig, LoggerConfig, ModelConfig, PathsConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,9 @@ class EvaluateConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: dict[str, Any] = field(default_factory=dict)  # lightning.Trainer keyword arguments
     paths: PathsConfig = field(default_factory=PathsConfig)
+    logger: LoggerConfig = field(
+        default_factory=lambda: LoggerConfig(name="none")
+    )  # logger=wandb: job_type eval
 
 
 def register_configs() -> None:

@@ -15,19 +15,23 @@ from typing import Any
 import lightning as L
 import timm.models
 import torch
+from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from evaluation.callback import VariantEvaluator
-from evaluation.config import EvaluateConfig
+from evaluation.compare.sources import Run
+from evaluation.config import EvaluateConfig, run_config_path
 from evaluation.logits import save_logits
 from evaluation.results import write_scores
 from evaluation.suite import build_data
+from evaluation.wandb_logging import log_final
 from train.config import MixupConfig, OptimConfig
 from train.heads import create_head
+from train.loggers import create_logger, restore_wandb_environment, wandb_environment
 from train.module import ClassifierModule
-from train.program import corruption_reference, generated_scorer
-from train.run_dir import check_writable, write_config
+from train.program import augment_name, corruption_reference, flatten, generated_scorer
+from train.run_dir import check_writable, previous_group, write_config
 from train.validate import check_trainer_args, resolve_precision
 
 log = logging.getLogger("evaluation")
@@ -117,10 +121,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         suite, output_dir, corruption_reference(conf.eval.c_normaliser), generated_scorer(conf.eval, suite)
     )
     trainer_args["precision"] = resolve_precision(trainer_args, torch.cuda.is_available())
+    wandb_env = wandb_environment()
+    logger = eval_logger(conf, cfg, output_dir)
     trainer = L.Trainer(
         **trainer_args,
         callbacks=[evaluator],
-        logger=False,
+        logger=logger or False,
         default_root_dir=str(output_dir),
         use_distributed_sampler=False,
     )
@@ -134,6 +140,49 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if conf.save_logits:
             files = save_logits(suite, evaluator.last_outputs, output_dir / "logits")
             log.info("logits of %d variants in %s", len(files), output_dir / "logits")
+        what = (conf.experiment, conf.head.name, run_augment(conf), conf.model.name, conf.seed)
+        run = Run(f"{conf.experiment}-eval", *what, evaluator.results)
+        log_final(logger, run, output_dir / "plots")
         print(table)
         print(f"output directory: {output_dir}")
+    if isinstance(logger, WandbLogger):
+        logger.experiment.finish()
+    restore_wandb_environment(wandb_env)
     return results
+
+
+def checkpoint_run_dir(conf: EvaluateConfig) -> Path | None:
+    """``<run>`` of ``checkpoint=<run>/checkpoints/last.ckpt``, if a checkpoint is scored."""
+    return Path(conf.checkpoint).parent.parent if conf.checkpoint else None
+
+
+def run_augment(conf: EvaluateConfig) -> str:
+    """The augmentation the checkpoint's run trained with (``none`` without a run config)."""
+    run_dir = checkpoint_run_dir(conf)
+    if run_dir is None or not run_config_path(Path(conf.checkpoint)).is_file():
+        return "none"
+    return augment_name(OmegaConf.load(run_config_path(Path(conf.checkpoint))))
+
+
+def eval_logger(conf: EvaluateConfig, cfg: DictConfig, output_dir: Path) -> Logger | None:
+    """The configured logger of this evaluation: with ``logger=wandb`` a new W&B run, ``job_type=eval``,
+    in the checkpoint run's group (``logger.group`` wins), tagged like training runs plus ``eval``."""
+    run_dir = checkpoint_run_dir(conf)
+    group = conf.logger.group or (run_dir and previous_group(run_dir)) or conf.experiment
+    tags = [
+        f"head:{conf.head.name}",
+        f"augment:{run_augment(conf)}",
+        f"model:{conf.model.name}",
+        f"data:{conf.data.name}",
+        f"seed:{conf.seed}",
+        conf.experiment,
+        "eval",
+    ]
+    flat = {
+        **flatten(OmegaConf.to_container(cfg, resolve=True)),
+        "head": conf.head.name,
+        "augment": run_augment(conf),
+    }
+    return create_logger(
+        conf.logger, output_dir, f"{conf.experiment}-eval", group, tags, flat, None, job_type="eval"
+    )

@@ -21,6 +21,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from evaluation.__main__ import main
+from evaluation.compare.sources import load_runs, offline_folders, offline_record
 from evaluation.config import compose_config
 from evaluation.suite import C_NAMES
 from train.data.folder import scan_folder
@@ -104,6 +105,29 @@ def test_checkpoint_reproduces_the_training_runs_final_metrics(run_dir: Path, ev
     assert (evaluated / "results.csv").read_text() == (run_dir / "results.csv").read_text()
     history = pd.read_csv(evaluated / "history.csv")
     assert set(history.phase) == {"final"} and set(history.variant) == set(VARIANTS)
+
+
+def test_wandb_evaluation_run_is_job_type_eval_in_the_runs_group(run_dir: Path, cache_dir: Path):
+    out = run_dir.parent / "eval_wandb"
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    args = [
+        f"checkpoint={checkpoint}",
+        "eval=clean",
+        "logger=wandb",
+        "logger.mode=offline",
+        f"output_dir={out}",
+    ]
+    run_eval(args, run_dir.parent, cache_dir)
+    (folders,) = offline_folders(out / "wandb").values()
+    record = offline_record(folders)  # read back with `wandb leet inspect`, no server
+    assert record["job_type"] == "eval" and record["group"] == "sigmoid_baseline"
+    assert {"eval", "head:sigmoid", "augment:none", "sigmoid_baseline"} <= set(record["tags"])
+    scored = json.loads((out / "metrics.json").read_text())
+    keys = [k for k in scored if k.startswith("val/") and k.endswith("/top1")]
+    assert "val/imagenet/top1" in keys
+    for key in keys:
+        assert record["summary"][key] == pytest.approx(scored[key]), key
+    assert load_runs([str(out / "wandb")]) == []  # the report compares training runs only
 
 
 def test_results_csv_has_timms_columns_and_diffs(evaluated: Path):

@@ -68,8 +68,10 @@ def create_logger(
     tags: list[str],
     config: dict[str, Any],
     run_id: str | None,
+    job_type: str = "train",
 ) -> Logger | None:
-    """The configured Lightning logger writing into ``run_dir`` (``None`` for ``logger=none``)."""
+    """The configured Lightning logger writing into ``run_dir`` (``None`` for ``logger=none``);
+    ``job_type`` is W&B's (``train`` or ``eval``)."""
     if cfg.name == "none":
         return None
     if cfg.name == "csv":
@@ -86,7 +88,7 @@ def create_logger(
         entity=cfg.entity,
         group=group,
         tags=[*tags, *cfg.tags],
-        job_type="train",
+        job_type=job_type,
         offline=mode == "offline",
         resume="allow",
         config=config,

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import subprocess
@@ -25,6 +26,9 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 WANDB_URL = "wandb://"
+EVAL_JOB = "eval"  # the W&B job type of `python -m evaluation` runs, which are not compared
+
+log = logging.getLogger(__name__)
 
 
 class SourceError(ValueError):
@@ -192,6 +196,17 @@ def run_from_dir(run_dir: Path) -> Run:
     )
 
 
+def skip_evaluations(source: str, count: int) -> None:
+    """Say how many ``python -m evaluation`` runs (W&B job type ``eval``) of ``source`` were left out."""
+    if count:
+        log.warning(
+            "%s: %d evaluation run(s) (job_type=%s) left out; only training runs are compared",
+            source,
+            count,
+            EVAL_JOB,
+        )
+
+
 def wandb_group(url: str) -> list[Run]:
     """Every run of ``wandb://entity/project/group`` via the W&B public API (online only)."""
     parts = url[len(WANDB_URL) :].strip("/").split("/")
@@ -200,12 +215,15 @@ def wandb_group(url: str) -> list[Run]:
     import wandb
 
     entity, project, group = parts
+    found = list(wandb.Api().runs(f"{entity}/{project}", filters={"group": group}))
     runs = [
         run_from_wandb(
             {"config": dict(r.config), "summary": dict(r.summary), "group": r.group, "name": r.name}, r.id
         )
-        for r in wandb.Api().runs(f"{entity}/{project}", filters={"group": group})
+        for r in found
+        if r.job_type != EVAL_JOB
     ]
+    skip_evaluations(url, len(found) - len(runs))
     if not runs:
         raise SourceError(f"{url}: no runs in that group; check the entity, project and group names")
     return runs
@@ -228,7 +246,10 @@ def load_runs(sources: list[str]) -> list[Run]:
         elif children := sorted(p.parent for p in path.glob("*/config.yaml")):
             runs.extend(run_from_dir(child) for child in children)
         elif by_id := offline_folders(path):
-            runs.extend(run_from_wandb(offline_record(f), run_id) for run_id, f in by_id.items())
+            records = {run_id: offline_record(f) for run_id, f in by_id.items()}
+            trained = {k: r for k, r in records.items() if r.get("job_type") != EVAL_JOB}
+            skip_evaluations(source, len(records) - len(trained))
+            runs.extend(run_from_wandb(record, run_id) for run_id, record in trained.items())
         else:
             raise SourceError(
                 f"{source} is not a run directory, a folder of run directories or an offline W&B run; "
