@@ -42,9 +42,8 @@ class EvaluateConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     trainer: dict[str, Any] = field(default_factory=dict)  # lightning.Trainer keyword arguments
     paths: PathsConfig = field(default_factory=PathsConfig)
-    logger: LoggerConfig = field(
-        default_factory=lambda: LoggerConfig(name="none")
-    )  # logger=wandb: job_type eval
+    # logger=wandb: the evaluation is its own W&B run (job_type eval)
+    logger: LoggerConfig = field(default_factory=lambda: LoggerConfig(name="none"))
 
 
 def register_configs() -> None:

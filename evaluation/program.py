@@ -122,7 +122,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     trainer_args["precision"] = resolve_precision(trainer_args, torch.cuda.is_available())
     wandb_env = wandb_environment()
-    logger = eval_logger(conf, cfg, output_dir)
+    augment = run_augment(conf)
+    logger = eval_logger(conf, cfg, output_dir, augment)
     trainer = L.Trainer(
         **trainer_args,
         callbacks=[evaluator],
@@ -140,7 +141,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         if conf.save_logits:
             files = save_logits(suite, evaluator.last_outputs, output_dir / "logits")
             log.info("logits of %d variants in %s", len(files), output_dir / "logits")
-        what = (conf.experiment, conf.head.name, run_augment(conf), conf.model.name, conf.seed)
+        what = (conf.experiment, conf.head.name, augment, conf.model.name, conf.seed)
         run = Run(f"{conf.experiment}-eval", *what, evaluator.results)
         log_final(logger, run, output_dir / "plots")
         print(table)
@@ -151,27 +152,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-def checkpoint_run_dir(conf: EvaluateConfig) -> Path | None:
-    """``<run>`` of ``checkpoint=<run>/checkpoints/last.ckpt``, if a checkpoint is scored."""
-    return Path(conf.checkpoint).parent.parent if conf.checkpoint else None
-
-
 def run_augment(conf: EvaluateConfig) -> str:
     """The augmentation the checkpoint's run trained with (``none`` without a run config)."""
-    run_dir = checkpoint_run_dir(conf)
-    if run_dir is None or not run_config_path(Path(conf.checkpoint)).is_file():
-        return "none"
-    return augment_name(OmegaConf.load(run_config_path(Path(conf.checkpoint))))
+    config = run_config_path(Path(conf.checkpoint)) if conf.checkpoint else None
+    return augment_name(OmegaConf.load(config)) if config and config.is_file() else "none"
 
 
-def eval_logger(conf: EvaluateConfig, cfg: DictConfig, output_dir: Path) -> Logger | None:
+def eval_logger(conf: EvaluateConfig, cfg: DictConfig, output_dir: Path, augment: str) -> Logger | None:
     """The configured logger of this evaluation: with ``logger=wandb`` a new W&B run, ``job_type=eval``,
     in the checkpoint run's group (``logger.group`` wins), tagged like training runs plus ``eval``."""
-    run_dir = checkpoint_run_dir(conf)
-    group = conf.logger.group or (run_dir and previous_group(run_dir)) or conf.experiment
+    run_group = previous_group(Path(conf.checkpoint).parent.parent) if conf.checkpoint else None
+    group = conf.logger.group or run_group or conf.experiment
     tags = [
         f"head:{conf.head.name}",
-        f"augment:{run_augment(conf)}",
+        f"augment:{augment}",
         f"model:{conf.model.name}",
         f"data:{conf.data.name}",
         f"seed:{conf.seed}",
@@ -181,7 +175,7 @@ def eval_logger(conf: EvaluateConfig, cfg: DictConfig, output_dir: Path) -> Logg
     flat = {
         **flatten(OmegaConf.to_container(cfg, resolve=True)),
         "head": conf.head.name,
-        "augment": run_augment(conf),
+        "augment": augment,
     }
     return create_logger(
         conf.logger, output_dir, f"{conf.experiment}-eval", group, tags, flat, None, job_type="eval"
