@@ -8,6 +8,10 @@ bicubic down-and-up round trip (what EDSR's x4 input leaves of the image), and E
 every perturbation off (what the pretrained networks themselves change).
 
     python -m benchmarks.augment_recognisable checkpoint=<run>/checkpoints/last.ckpt [images=512]
+        [cae_size=32] [per_option=true]
+
+``cae_size`` runs the CAE at that side (DeepAugment's knob); ``per_option=true`` adds one row per EDSR
+weight option (one draw, activation options off) and per EDSR activation option (weight options off).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
-from augment import DeepAugment, Noise2Net, ensure_pretrained
+from augment import DeepAugment, Noise2Net, ensure_pretrained, perturb_edsr
 from augment.networks.edsr import downscale
 from evaluation.config import compose_config
 from evaluation.program import build_data, build_model
@@ -34,6 +38,9 @@ def bicubic_round_trip(x: torch.Tensor) -> torch.Tensor:
 def main() -> None:
     args = dict(a.split("=", 1) for a in sys.argv[1:])
     n = int(args.pop("images", 512))
+    cae_size = int(args["cae_size"]) if "cae_size" in args else None
+    args.pop("cae_size", None)
+    per_option = args.pop("per_option", "false").lower() == "true"
     conf = OmegaConf.to_object(compose_config([f"{k}={v}" for k, v in args.items()] + ["eval=clean"]))
     data, suite = build_data(conf)
     model = build_model(conf, data.num_classes).eval()
@@ -43,19 +50,29 @@ def main() -> None:
     weights = ensure_pretrained(
         find_split(data.root, "train"), data.cache_dir / "augment", image_size=images.shape[-1]
     )
-    edsr, cae = str(weights["edsr"]), str(weights["cae"])
+    nets = {"edsr_weights": str(weights["edsr"]), "cae_weights": str(weights["cae"]), "cae_size": cae_size}
     edsr_off = {"edsr_weight_options": (), "edsr_pre_options": (), "edsr_body_options": ()}
     augmentations = {
         "bicubic x4 down-up": bicubic_round_trip,
-        "EDSR, perturbations off": DeepAugment(edsr, cae, p_edsr=1.0, p_cae=0.0, **edsr_off),
+        "EDSR, perturbations off": DeepAugment(**nets, p_edsr=1.0, p_cae=0.0, **edsr_off),
         "CAE, perturbations off": DeepAugment(
-            edsr, cae, p_edsr=0.0, p_cae=1.0, cae_weight_options=(), cae_latent_options=()
+            **nets, p_edsr=0.0, p_cae=1.0, cae_weight_options=(), cae_latent_options=()
         ),
-        "EDSR": DeepAugment(edsr, cae, p_edsr=1.0, p_cae=0.0),
-        "CAE": DeepAugment(edsr, cae, p_edsr=0.0, p_cae=1.0),
-        "DeepAugment mix (1/3 clean)": DeepAugment(edsr, cae),
+        "EDSR": DeepAugment(**nets, p_edsr=1.0, p_cae=0.0),
+        "CAE": DeepAugment(**nets, p_edsr=0.0, p_cae=1.0),
+        "DeepAugment mix (1/3 clean)": DeepAugment(**nets),
         "Noise2Net (p=1)": Noise2Net(p=1.0),
     }
+    if per_option:
+        edsr_only = {**nets, "p_edsr": 1.0, "p_cae": 0.0}
+        for key, options, extra in (
+            ("edsr_weight_options", perturb_edsr.WEIGHT_OPTIONS, {"edsr_weight_draws": 1}),
+            ("edsr_pre_options", perturb_edsr.PRE_OPTIONS, {}),
+            ("edsr_body_options", perturb_edsr.BODY_OPTIONS, {}),
+        ):
+            for option in options:
+                chosen = {**edsr_only, **edsr_off, **extra, key: (option,)}
+                augmentations[f"EDSR {key.split('_')[1]} option {option}"] = DeepAugment(**chosen)
     with torch.no_grad():
         clean = torch.cat([model.eval_forward(b).argmax(1) for b in images.split(128)])
         print(

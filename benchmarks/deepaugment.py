@@ -5,7 +5,7 @@
 
 1. Batched per-sample DeepAugment vs the reference procedure (one image per forward pass, network re-drawn
    with probability 0.05 per image), same device and networks, 224 px output: images/s and ratio.
-2. Time of the augment step relative to a ResNet-50 training step (timm resnet50, random init,
+2. Time of the augment step relative to a ResNet-50 training step (timm resnet50, or ``--model``, random init,
    forward + backward + SGD) on the same batch, next to the FLOP floor counted with torch.utils.flop_counter.
    The per-batch cost of the reference mix (1/3 clean, 1/3 EDSR, 1/3 CAE) and of Noise2Net on half the batch is
    p_edsr * t_edsr + p_cae * t_cae (and 0.5 * t_noise2net), each t timed with the whole batch on that path, so
@@ -123,8 +123,9 @@ def flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def resnet_step(batch: torch.Tensor) -> Callable[[], None]:
-    model = timm.create_model("resnet50", num_classes=1000).to(batch.device)
+def train_step(batch: torch.Tensor, model_name: str = "resnet50") -> Callable[[], None]:
+    """One SGD training step of timm ``model_name`` (random init, 1000 classes) on ``batch``."""
+    model = timm.create_model(model_name, num_classes=1000).to(batch.device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
     target = torch.randint(0, 1000, (batch.shape[0],), device=batch.device)
 
@@ -156,16 +157,15 @@ def noise2net_gflop(size: int) -> float:
     return aug.num_blocks * sum(per_k) / 2 / 1e9
 
 
-def flop_floor(size: int, cae_size: int | None) -> dict[str, float]:
-    """GFLOP per image: EDSR from size/4, CAE at cae_size (or size), Noise2Net, ResNet-50 train step."""
+def flop_floor(size: int, cae_size: int | None, model_name: str = "resnet50") -> dict[str, float]:
+    """GFLOP per image: EDSR from size/4, CAE at cae_size (or size), Noise2Net, the model's train step."""
     with torch.no_grad():
         edsr = flops(lambda: EDSR()(torch.rand(1, 3, size // 4, size // 4))) / 1e9
         side = cae_size or size
         cae = flops(lambda: CAE()(torch.rand(1, 3, side, side))) / 1e9
     n2n = noise2net_gflop(size)
-    step = resnet_step(torch.rand(1, 3, size, size))
-    resnet = flops(step) / 1e9
-    return {"edsr": edsr, "cae": cae, "noise2net": n2n, "resnet50_step": resnet}
+    step = flops(train_step(torch.rand(1, 3, size, size), model_name)) / 1e9
+    return {"edsr": edsr, "cae": cae, "noise2net": n2n, "model_step": step}
 
 
 def _memory_child(device: str, weights: dict[str, str], batch: int, size: int, queue: mp.Queue) -> None:
@@ -220,6 +220,7 @@ def main() -> None:
     parser.add_argument("--cae-size", type=int, default=None)
     parser.add_argument("--memory-batch", type=int, default=64, help="0 skips the memory measurement")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--model", default="resnet50", help="timm model whose training step is the yardstick")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -240,7 +241,7 @@ def main() -> None:
         fns[f"{kind}_reference"] = reference_procedure(aug, kind, x)
     noise2net = Noise2Net(p=1.0).to(device)
     fns["noise2net"] = lambda: noise2net(x)
-    fns["resnet50_step"] = resnet_step(x)
+    fns["model_step"] = train_step(x, args.model)
     times = timed_rounds(fns, device, args.repeats)
     full = {name: median(t) for name, t in times.items()}
     for kind in ("edsr", "cae"):
@@ -251,20 +252,21 @@ def main() -> None:
     # Cost per batch of the reference mix (1/3 EDSR, 1/3 CAE) and of Noise2Net on half the batch, per round.
     times["mix"] = [(e + c) / 3 for e, c in zip(times["edsr"], times["cae"], strict=True)]
     times["noise2net_half"] = [0.5 * t for t in times["noise2net"]]
-    t_resnet = full["resnet50_step"]
-    gflop = flop_floor(args.size, cae_size)
-    floor_mix = (gflop["edsr"] + gflop["cae"]) / 3 / gflop["resnet50_step"]
-    floor_n2n = 0.5 * gflop["noise2net"] / gflop["resnet50_step"]
+    t_step = full["model_step"]
+    step_name = f"{args.model} step"
+    gflop = flop_floor(args.size, cae_size, args.model)
+    floor_mix = (gflop["edsr"] + gflop["cae"]) / 3 / gflop["model_step"]
+    floor_n2n = 0.5 * gflop["noise2net"] / gflop["model_step"]
     print("GFLOP per image: " + ", ".join(f"{k} {v:.2f}" for k, v in gflop.items()))
     print(
         f"seconds per batch: EDSR {full['edsr']:.3f}, CAE {full['cae']:.3f}, Noise2Net {full['noise2net']:.3f} "
-        f"(whole batch on each); ResNet-50 train step {t_resnet:.3f} (medians of {args.repeats} rounds)"
+        f"(whole batch on each); {step_name} {t_step:.3f} (medians of {args.repeats} rounds)"
     )
     for side in (args.size, args.size // 2):
-        g = gflop if side == (cae_size or args.size) else flop_floor(args.size, side)
+        g = gflop if side == (cae_size or args.size) else flop_floor(args.size, side, args.model)
         for p in (1 / 3, 1 / 6):
-            floor = p * (g["edsr"] + g["cae"]) / g["resnet50_step"]
-            print(f"knob: cae_size={side} p_edsr=p_cae={p:.3f} -> FLOP floor {floor:.3f} of a ResNet-50 step")
+            floor = p * (g["edsr"] + g["cae"]) / g["model_step"]
+            print(f"knob: cae_size={side} p_edsr=p_cae={p:.3f} -> FLOP floor {floor:.3f} of a {step_name}")
     if args.memory_batch:
         memory = peak_memory_mib(args.device, weights, args.memory_batch, args.size)
         kind = "CUDA max_memory_allocated" if device.type == "cuda" else "peak RSS growth"
@@ -279,8 +281,8 @@ def main() -> None:
         ("DeepAugment mix", "mix", floor_mix),
         ("Noise2Net on half", "noise2net_half", floor_n2n),
     ):
-        cost = ratio(times, key, "resnet50_step")
-        print(f"{name} / ResNet-50 step = {cost:.3f} (FLOP floor {floor:.3f}: {cost / floor:.2f}x floor)")
+        cost = ratio(times, key, "model_step")
+        print(f"{name} / {step_name} = {cost:.3f} (FLOP floor {floor:.3f}: {cost / floor:.2f}x floor)")
 
 
 if __name__ == "__main__":

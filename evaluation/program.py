@@ -28,7 +28,7 @@ from evaluation.suite import build_data
 from evaluation.wandb_logging import log_final
 from train.config import MixupConfig, OptimConfig
 from train.heads import create_head
-from train.loggers import create_logger, restore_wandb_environment, wandb_environment
+from train.loggers import create_logger, restore_wandb_environment, run_tags, wandb_environment
 from train.module import ClassifierModule
 from train.program import augment_name, corruption_reference, flatten, generated_scorer
 from train.run_dir import check_writable, previous_group, write_config
@@ -161,15 +161,10 @@ def run_augment(conf: EvaluateConfig) -> str:
 def eval_logger(conf: EvaluateConfig, cfg: DictConfig, output_dir: Path, augment: str) -> Logger | None:
     """The configured logger of this evaluation: with ``logger=wandb`` a new W&B run, ``job_type=eval``,
     in the checkpoint run's group (``logger.group`` wins), tagged like training runs plus ``eval``."""
-    run_group = previous_group(Path(conf.checkpoint).parent.parent) if conf.checkpoint else None
+    run_group = previous_group(run_config_path(Path(conf.checkpoint)).parent) if conf.checkpoint else None
     group = conf.logger.group or run_group or conf.experiment
     tags = [
-        f"head:{conf.head.name}",
-        f"augment:{augment}",
-        f"model:{conf.model.name}",
-        f"data:{conf.data.name}",
-        f"seed:{conf.seed}",
-        conf.experiment,
+        *run_tags(conf.experiment, conf.head.name, augment, conf.model.name, conf.data.name, conf.seed),
         "eval",
     ]
     flat = {

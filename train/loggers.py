@@ -60,6 +60,19 @@ def resolve_wandb_mode(mode: str) -> str:
     return "online"
 
 
+def run_tags(experiment: str, head: str, augment: str, model: str, data: str, seed: int) -> list[str]:
+    """W&B tags of a run (training or evaluation): ``head:``, ``augment:``, ``model:``, ``data:``,
+    ``seed:`` and the experiment name."""
+    return [
+        f"head:{head}",
+        f"augment:{augment}",
+        f"model:{model}",
+        f"data:{data}",
+        f"seed:{seed}",
+        experiment,
+    ]
+
+
 def create_logger(
     cfg: LoggerConfig,
     run_dir: Path,

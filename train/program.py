@@ -38,7 +38,7 @@ from train.data.datamodule import ImageNetDataModule
 from train.data.folder import ImageFolderDataset
 from train.data.transforms import eval_transform
 from train.heads import create_head
-from train.loggers import create_logger, restore_wandb_environment, wandb_environment
+from train.loggers import create_logger, restore_wandb_environment, run_tags, wandb_environment
 from train.module import ClassifierModule
 from train.run_dir import previous_group, run_id, write_config, write_json, write_provenance
 from train.scale import describe, global_batch, scaled_optim
@@ -127,14 +127,9 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
                 "wandb_group": group,
             },
         )
-    tags = [
-        f"head:{conf.head.name}",
-        f"augment:{augment_name(cfg)}",
-        f"model:{conf.model.name}",
-        f"data:{conf.data.name}",
-        f"seed:{conf.seed}",
-        conf.experiment,
-    ]
+    tags = run_tags(
+        conf.experiment, conf.head.name, augment_name(cfg), conf.model.name, conf.data.name, conf.seed
+    )
     flat_config = {
         **flatten(OmegaConf.to_container(cfg, resolve=True)),
         "head": conf.head.name,
