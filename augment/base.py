@@ -36,6 +36,34 @@ def check_images(x: Tensor, name: str, multiple: int = 1) -> None:
         )
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def has_fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 convolutions outrun fp32 on ``device``: a CUDA GPU with bf16 support, or a CPU with AMX tiles
+    (oneDNN runs bf16 convolutions on them; without AMX, CPU bf16 is no faster than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":  # torch exposes the check only privately; without it, assume no AMX
+        return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+    return False
+
+
+def check_precision(precision: str) -> str:
+    """Return ``precision`` or raise a one-line ValueError unless it is one of :data:`PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def network_dtype(device: torch.device, precision: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype to run an image-to-image network in, for weights of ``dtype`` on ``device``: bf16 when
+    ``precision`` is "bf16", or "auto" with float32 weights where :func:`has_fast_bf16`; ``dtype`` otherwise."""
+    if precision == "bf16" or (precision == "auto" and dtype == torch.float32 and has_fast_bf16(device)):
+        return torch.bfloat16
+    return dtype
+
+
 def check_probability(value: float, name: str) -> float:
     """Return ``value`` as a float, or raise a one-line ValueError unless it lies in [0, 1]."""
     value = float(value)

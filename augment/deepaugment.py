@@ -23,8 +23,15 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
 from augment import perturb_cae, perturb_edsr
-from augment.base import RandomAugmentation, check_images, check_options, check_probability
-from augment.grouped import group_layout, grouped_forward, stack_weights
+from augment.base import (
+    RandomAugmentation,
+    check_images,
+    check_options,
+    check_precision,
+    check_probability,
+    network_dtype,
+)
+from augment.grouped import cast_for_network, group_layout, grouped_forward, stack_weights
 from augment.images import resized_shape
 from augment.networks import CAE, EDSR
 from augment.networks.cae import MIN_SIZE as MIN_CAE_SIZE
@@ -64,6 +71,9 @@ class DeepAugment(RandomAugmentation):
         cpu_pass_pixels: on a CPU, at most this many output pixels per network pass (default: one 224 px image);
             larger batches run in sub-batches with the same result, which keeps activations cache-sized and
             below the allocator's fresh-mapping size. Ignored on other devices (one pass).
+        precision: arithmetic of the network passes: "fp32", "bf16" (weights are perturbed and per-image
+            perturbations drawn in the networks' dtype, then cast), or "auto" = bf16 where it is fast (CUDA with
+            bf16, CPUs with AMX) and the networks are float32, their dtype elsewhere (see docs/deepaugment.md).
         An empty option list switches that kind of perturbation off.
     """
 
@@ -83,6 +93,7 @@ class DeepAugment(RandomAugmentation):
         cae_weight_options: Sequence[int] = perturb_cae.WEIGHT_OPTIONS,
         cae_latent_options: Sequence[int] = perturb_cae.LATENT_OPTIONS,
         cpu_pass_pixels: int = 224 * 224,
+        precision: str = "auto",
     ) -> None:
         super().__init__(seed)
         self.p_edsr = check_probability(p_edsr, "p_edsr")
@@ -95,6 +106,7 @@ class DeepAugment(RandomAugmentation):
         if int(cpu_pass_pixels) < 1:
             raise ValueError(f"cpu_pass_pixels must be >= 1, got {cpu_pass_pixels}")
         self.cpu_pass_pixels = int(cpu_pass_pixels)
+        self.precision = check_precision(precision)
         if cae_size is not None and (int(cae_size) < MIN_CAE_SIZE or int(cae_size) % 4):
             raise ValueError(
                 f"cae_size must be a multiple of 4 and >= {MIN_CAE_SIZE}, or None; got {cae_size}"
@@ -124,12 +136,12 @@ class DeepAugment(RandomAugmentation):
                 f"DeepAugment needs {arg} when its probability is > 0: pass a checkpoint path "
                 "(public format, or augment.pretrain.ensure_pretrained(...) / `python -m augment pretrain`)"
             )
-        return load_network(net, path, arg)
+        return load_network(net, path, arg).to(memory_format=torch.channels_last)
 
     def extra_repr(self) -> str:
         return (
             f"p_edsr={self.p_edsr:.3f}, p_cae={self.p_cae:.3f}, images_per_network={self.images_per_network}, "
-            f"cae_size={self.cae_size}, seed={self.seed}"
+            f"cae_size={self.cae_size}, precision={self.precision}, seed={self.seed}"
         )
 
     @torch.no_grad()
@@ -166,6 +178,9 @@ class DeepAugment(RandomAugmentation):
         base = dict(net.named_parameters())
         weights, in_dims = stack_weights(base, [perturb(base) for _ in range(groups)])
         params, hooks = sample(groups * n)
+        x, weights, params = cast_for_network(
+            network_dtype(x.device, self.precision, x.dtype), x, weights, params
+        )
         params = tree_map(lambda t: t.unflatten(0, (groups, n)), params)
         per_pass = max(1, self.cpu_pass_pixels // out_pixels) if x.device.type == "cpu" else None
         out = grouped_forward(net, weights, in_dims, x.unflatten(0, (groups, n)), params, hooks, per_pass)
@@ -196,7 +211,7 @@ class DeepAugment(RandomAugmentation):
                 dtype,
             )
 
-        return self._grouped(net, lr, perturb, sample, x.shape[-2] * x.shape[-1]).clamp(0, 1)
+        return self._grouped(net, lr, perturb, sample, x.shape[-2] * x.shape[-1]).to(dtype).clamp(0, 1)
 
     def _cae_path(self, x: Tensor) -> Tensor:
         dtype = self.cae.e_conv_3[0].weight.dtype
@@ -217,7 +232,7 @@ class DeepAugment(RandomAugmentation):
             code_size = (xc.shape[-2] // 4, xc.shape[-1] // 4)
             return perturb_cae.sample_latent(m, code_size, self.cae_latent_options, host, dev, dtype)
 
-        out = self._grouped(self.cae, xc, perturb, sample, xc.shape[-2] * xc.shape[-1])
+        out = self._grouped(self.cae, xc, perturb, sample, xc.shape[-2] * xc.shape[-1]).to(dtype)
         if out.shape[-2:] != size:
             out = F.interpolate(out, size=size, mode="bilinear", align_corners=False)
         return out.clamp(0, 1)

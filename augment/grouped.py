@@ -46,6 +46,17 @@ def stack_weights(
     return weights, in_dims
 
 
+def cast_for_network(
+    dtype: torch.dtype, x: Tensor, weights: Weights, per_sample: Any
+) -> tuple[Tensor, Weights, Any]:
+    """(x, weights, per_sample) in the dtype a network runs in: ``x`` also channels-last (the networks' layout,
+    faster convolutions on CPU and GPU), floating per-sample tensors cast, integer / bool ones kept."""
+    x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    weights = {name: w.to(dtype) for name, w in weights.items()}
+    per_sample = tree_map(lambda t: t.to(dtype) if t.is_floating_point() else t, per_sample)
+    return x, weights, per_sample
+
+
 def grouped_forward(
     net: nn.Module,
     weights: Weights,
@@ -64,7 +75,8 @@ def grouped_forward(
         per_sample: pytree of tensors with leading dims [G, n] (per-sample perturbation parameters).
         hooks: maps one group's ``per_sample`` slice (leading dim n) to keyword arguments of ``net.forward``.
         max_images: at most this many images per pass (None: all G * n in one pass). Smaller passes give the
-            same result; on a CPU they keep activations in cache and below the allocator's fresh-mapping size.
+            same result (in fp32; under bf16 autocast, within its rounding); on a CPU they keep activations in
+            cache and below the allocator's fresh-mapping size.
 
     Returns:
         [G, n, ...] network output.
@@ -75,7 +87,9 @@ def grouped_forward(
 
     groups, n = x.shape[:2]
     per_pass = groups * n if max_images is None else max(1, max_images)
-    if groups == 1 or per_pass < n:  # one group per pass: its own weights, no vmap needed
+    if (
+        per_pass < 2 * n
+    ):  # at most one group per pass: its own weights, plain layers (vmap would only add cost)
         step, outs = min(n, per_pass), []
         for g in range(groups):
             w = {k: v if in_dims[k] is None else v[g] for k, v in weights.items()}

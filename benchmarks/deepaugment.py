@@ -36,6 +36,8 @@ from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
 from augment import CAE, EDSR, DeepAugment, Noise2Net, perturb_cae, perturb_edsr
+from augment.base import PRECISIONS, network_dtype
+from augment.grouped import cast_for_network
 from augment.networks.edsr import downscale
 from augment.noise2net import ConvGroup, res2net_block
 
@@ -84,10 +86,12 @@ def weight_files(root: Path) -> dict[str, str]:
 
 
 def reference_procedure(aug: DeepAugment, kind: str, images: torch.Tensor) -> Callable[[], None]:
-    """One image per forward pass; the perturbed network is re-drawn with probability 0.05 per image."""
+    """One image per forward pass; the perturbed network is re-drawn with probability 0.05 per image. The passes
+    run in the dtype and layout the batched module uses (its ``precision``), so only the procedure differs."""
     host, dev = aug.generators()
     net = aug.edsr if kind == "edsr" else aug.cae
     base = dict(net.named_parameters())
+    dtype = network_dtype(images.device, aug.precision, images.dtype)
 
     def draw() -> dict[str, torch.Tensor]:
         if kind == "edsr":
@@ -112,7 +116,8 @@ def reference_procedure(aug: DeepAugment, kind: str, images: torch.Tensor) -> Ca
                 params, hooks = perturb_cae.sample_latent(
                     1, (x.shape[-2] // 4, x.shape[-1] // 4), aug.cae_latent_options, host, dev, x.dtype
                 )
-            functional_call(net, weights, (x,), hooks(params)).clamp(0, 1)
+            x, cast, params = cast_for_network(dtype, x, weights, params)
+            functional_call(net, cast, (x,), hooks(params)).float().clamp(0, 1)
 
     return run
 
@@ -124,13 +129,19 @@ def flops(fn: Callable[[], object]) -> int:
 
 
 def train_step(batch: torch.Tensor, model_name: str = "resnet50") -> Callable[[], None]:
-    """One SGD training step of timm ``model_name`` (random init, 1000 classes) on ``batch``."""
-    model = timm.create_model(model_name, num_classes=1000).to(batch.device)
+    """One SGD training step of timm ``model_name`` (random init, 1000 classes, channels-last) on ``batch``, in
+    the trainer's default precision for the device: bf16 autocast on CUDA, fp32 elsewhere."""
+    model = timm.create_model(model_name, num_classes=1000).to(
+        batch.device, memory_format=torch.channels_last
+    )
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
     target = torch.randint(0, 1000, (batch.shape[0],), device=batch.device)
+    batch = batch.contiguous(memory_format=torch.channels_last)
+    cuda = batch.device.type == "cuda"
 
     def step() -> None:
-        loss = torch.nn.functional.cross_entropy(model(batch), target)
+        with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=cuda):
+            loss = torch.nn.functional.cross_entropy(model(batch), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -221,6 +232,9 @@ def main() -> None:
     parser.add_argument("--memory-batch", type=int, default=64, help="0 skips the memory measurement")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--model", default="resnet50", help="timm model whose training step is the yardstick")
+    parser.add_argument(
+        "--precision", default="auto", choices=PRECISIONS, help="DeepAugment's network precision"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -229,12 +243,22 @@ def main() -> None:
     weights = weight_files(Path(tempfile.mkdtemp()))
     x = torch.rand(args.batch, 3, args.size, args.size, device=device)
     ipn, cae_size = args.images_per_network, args.cae_size
-    print(f"device={device} batch={args.batch} size={args.size} images_per_network={ipn} cae_size={cae_size}")
+    net_dtype = network_dtype(device, args.precision, torch.float32)
+    step_dtype = "bf16 autocast" if device.type == "cuda" else "fp32"
+    print(
+        f"device={device} batch={args.batch} size={args.size} images_per_network={ipn} cae_size={cae_size} "
+        f"precision={args.precision} (networks in {net_dtype}; {args.model} step in {step_dtype})"
+    )
 
     fns = {}
     for kind, probs in (("edsr", (1.0, 0.0)), ("cae", (0.0, 1.0))):
         aug = DeepAugment(
-            **weights, p_edsr=probs[0], p_cae=probs[1], images_per_network=ipn, cae_size=cae_size
+            **weights,
+            p_edsr=probs[0],
+            p_cae=probs[1],
+            images_per_network=ipn,
+            cae_size=cae_size,
+            precision=args.precision,
         )
         aug = aug.to(device)
         fns[kind] = lambda aug=aug: aug(x)

@@ -100,15 +100,28 @@ def test_passes_of_at_most_max_images_equal_each_groups_own_forward(max_images):
 
 def test_cpu_sub_batches_give_the_same_augmentation(weights):
     x = torch.rand(6, 3, 16, 16)
-    one_pass = DeepAugment(**weights, seed=4, images_per_network=4)(x)
+    one_pass = DeepAugment(**weights, seed=4, images_per_network=4, precision="fp32")(x)
     torch.testing.assert_close(
-        DeepAugment(**weights, seed=4, images_per_network=4, cpu_pass_pixels=16 * 16)(x),
+        DeepAugment(**weights, seed=4, images_per_network=4, cpu_pass_pixels=16 * 16, precision="fp32")(x),
         one_pass,
         atol=1e-5,
         rtol=0,
     )
     with pytest.raises(ValueError, match="cpu_pass_pixels"):
         DeepAugment(**weights, cpu_pass_pixels=0)
+
+
+def test_bf16_networks_stay_close_to_fp32(weights):
+    x = torch.rand(12, 3, 32, 32)
+    fp32 = DeepAugment(**weights, seed=5, images_per_network=4, precision="fp32")(x)
+    bf16 = DeepAugment(**weights, seed=5, images_per_network=4, precision="bf16")(x)
+    assert bf16.dtype == torch.float32 and bf16.shape == x.shape
+    changed = ~(fp32 == x).flatten(1).all(1)  # the same images take a network path in both
+    assert changed.equal(~(bf16 == x).flatten(1).all(1)) and changed.any()
+    diff = (bf16 - fp32)[changed].abs()
+    assert 0 < diff.mean() < 0.01  # bf16 really ran, and only rounding separates it from fp32
+    with pytest.raises(ValueError, match="precision"):
+        DeepAugment(**weights, precision="fp16")
 
 
 def test_group_layout():
