@@ -63,7 +63,7 @@ def grouped_forward(
     in_dims: Mapping[str, int | None],
     x: Tensor,
     per_sample: Any,
-    hooks: Callable[[Any], dict[str, Any]],
+    hooks: Callable[..., dict[str, Any]],
     max_images: int | None = None,
 ) -> Tensor:
     """Run ``net`` with group g's weights on ``x[g]``.
@@ -73,17 +73,19 @@ def grouped_forward(
         weights, in_dims: from :func:`stack_weights`.
         x: [G, n, ...] network input.
         per_sample: pytree of tensors with leading dims [G, n] (per-sample perturbation parameters).
-        hooks: maps one group's ``per_sample`` slice (leading dim n) to keyword arguments of ``net.forward``.
+        hooks: ``hooks(slice, plain=...)`` maps one group's ``per_sample`` slice (leading dim <= n) to keyword
+            arguments of ``net.forward``. ``plain=True`` when the slice holds ordinary tensors (a pass without
+            vmap), so the hooks may look at its values, e.g. to leave out work no image of the slice needs.
         max_images: at most this many images per pass (None: all G * n in one pass). Smaller passes give the
-            same result (in fp32; under bf16 autocast, within its rounding); on a CPU they keep activations in
+            same result (in fp32; in bf16, within its rounding); on a CPU they keep activations in
             cache and below the allocator's fresh-mapping size.
 
     Returns:
         [G, n, ...] network output.
     """
 
-    def one_group(w: Weights, xg: Tensor, ps: Any) -> Tensor:
-        return functional_call(net, w, (xg,), hooks(ps))
+    def one_group(w: Weights, xg: Tensor, ps: Any, plain: bool = False) -> Tensor:
+        return functional_call(net, w, (xg,), hooks(ps, plain=plain))
 
     groups, n = x.shape[:2]
     per_pass = groups * n if max_images is None else max(1, max_images)
@@ -95,7 +97,9 @@ def grouped_forward(
             w = {k: v if in_dims[k] is None else v[g] for k, v in weights.items()}
             parts = [(g, slice(i, i + step)) for i in range(0, n, step)]
             outs.append(
-                torch.cat([one_group(w, x[j], tree_map(lambda t, j=j: t[j], per_sample)) for j in parts])
+                torch.cat(
+                    [one_group(w, x[j], tree_map(lambda t, j=j: t[j], per_sample), True) for j in parts]
+                )
             )
         return torch.stack(outs)
     run, step = vmap(one_group, in_dims=(dict(in_dims), 0, 0)), max(1, per_pass // n)

@@ -204,7 +204,7 @@ def sample_latent(
             kernel[s] = _shift_kernels(channels, host)
         params["kernel"] = kernel.to(device, dtype, non_blocking=True)
 
-    def hooks(p: dict[str, Tensor]) -> dict[str, Any]:
+    def hooks(p: dict[str, Tensor], plain: bool = False) -> dict[str, Any]:
         latent_keys = {"mask", "flip", "kernel"} & p.keys()
         return {
             "noise": p["noise"],

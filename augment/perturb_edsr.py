@@ -246,7 +246,9 @@ def sample_activations(
 
     Returns:
         (params, hooks): ``params`` is a dict of device tensors with leading dim m; ``hooks(params_slice)``
-        gives the keyword arguments (pre, mid, mid_index, skip) of :meth:`EDSR.forward` for any slice of it.
+        gives the keyword arguments (pre, mid, mid_index, skip) of :meth:`EDSR.forward` for any slice of it;
+        ``hooks(params_slice, plain=True)`` on CPU tensors also leaves out the body options and skips that no
+        image of the slice has (a skip every image of the slice takes becomes ``True``: the module is not run).
     """
     device = dev.device
     pre = torch.tensor(draw_choice(host, pre_options or (4,), m))
@@ -276,14 +278,18 @@ def sample_activations(
     skip[skipping[:, None], torch.randint(2, n_body, (len(skipping), 3), generator=host)] = True
     params["skip"] = {i: skip[:, i].to(device, non_blocking=True) for i in range(n_body) if skip[:, i].any()}
 
-    def hooks(p: dict[str, Any]) -> dict[str, Any]:
+    def hooks(p: dict[str, Any], plain: bool = False) -> dict[str, Any]:
+        ops, skips = mid_ops, p["skip"]
+        if plain and device.type == "cpu":  # look at the slice (no sync on a CPU): only what its images need
+            ops = sorted(set(p["mid"].tolist()) - {_NONE}) if "mid" in p else []
+            skips = {i: True if s.all() else s for i, s in skips.items() if s.any()}
         return {
             "pre": (lambda x: _apply_pre(x, p.get("perm"), p.get("mask")))
             if {"perm", "mask"} & p.keys()
             else None,
-            "mid": (lambda x: _apply_mid(x, p["mid"], mid_ops)) if "mid" in p else None,
+            "mid": (lambda x: _apply_mid(x, p["mid"], ops)) if ops else None,
             "mid_index": MID_INDEX,
-            "skip": p["skip"] or None,
+            "skip": skips or None,
         }
 
     return params, hooks

@@ -98,6 +98,24 @@ def test_passes_of_at_most_max_images_equal_each_groups_own_forward(max_images):
             torch.testing.assert_close(out[g], ref, atol=1e-5, rtol=1e-5)
 
 
+def test_plain_cpu_hooks_leave_out_only_unused_work():
+    torch.manual_seed(0)
+    net = EDSR(n_feats=16).eval()
+    host, dev = gens(3)
+    x = torch.rand(40, 3, 6, 6)
+    params, hooks = perturb_edsr.sample_activations(
+        40, 16, (6, 6), 17, perturb_edsr.PRE_OPTIONS, perturb_edsr.BODY_OPTIONS, host, dev, x.dtype
+    )
+    whole_skips = 0
+    with torch.no_grad():
+        for i in range(40):
+            one = tree_map(lambda t, i=i: t[i : i + 1], params)
+            plain = hooks(one, plain=True)
+            whole_skips += sum(flag is True for flag in (plain["skip"] or {}).values())
+            torch.testing.assert_close(net(x[i : i + 1], **plain), net(x[i : i + 1], **hooks(one)))
+    assert whole_skips > 0  # some one-image slices skip a body module without running it
+
+
 def test_cpu_sub_batches_give_the_same_augmentation(weights):
     x = torch.rand(6, 3, 16, 16)
     one_pass = DeepAugment(**weights, seed=4, images_per_network=4, precision="fp32")(x)

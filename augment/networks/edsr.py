@@ -77,15 +77,15 @@ class EDSR(nn.Module):
         pre: FeatureFn | None = None,
         mid: FeatureFn | None = None,
         mid_index: int = 5,
-        skip: Mapping[int, Tensor] | None = None,
+        skip: Mapping[int, Tensor | bool] | None = None,
     ) -> Tensor:
         """Super-resolve ``x``: [B, 3, h, w] in [0, 1] -> [B, 3, 4h, 4w], roughly in [0, 1] (not clamped).
 
         Optional activation hooks (used by DeepAugment; all default to the plain network):
             pre: applied to the head's output features [B, n_feats, h, w].
             mid: applied to the body features before body module ``mid_index`` (after that many residual blocks).
-            skip: ``{body_index: [B] bool}``; where True that body module (residual block or the final body
-                conv) is bypassed for that sample.
+            skip: ``{body_index: [B] bool or True}``; where True that body module (residual block or the final
+                body conv) is bypassed for that sample (``True``: for every sample, and the module is not run).
         """
         x = self.head(self.sub_mean(x * RGB_RANGE))
         if pre is not None:
@@ -94,10 +94,11 @@ class EDSR(nn.Module):
         for i, module in enumerate(self.body):
             if mid is not None and i == mid_index:
                 res = mid(res)
+            flag = None if skip is None else skip.get(i)
+            if flag is True:
+                continue
             out = module(res)
-            if skip is not None and i in skip:
-                out = torch.where(skip[i].view(-1, 1, 1, 1), res, out)
-            res = out
+            res = out if flag is None else torch.where(flag.view(-1, 1, 1, 1), res, out)
         return self.add_mean(self.tail(res + x)) / RGB_RANGE
 
 
