@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from augment.generate import generate
-from augment.pretrain import ensure_pretrained, read_report
+from augment.pretrain import CACHE_SUBDIR, ensure_pretrained, read_report
 from augment.preview import preview
 
 COMMON = {"data.root": Path, "split": str, "seed": int, "device": str}
@@ -72,7 +72,9 @@ def _default_root() -> Path:
 def _default_cache() -> Path:
     from train.data.benchmark import default_cache_dir
 
-    return default_cache_dir() / "deepaugment"
+    return (
+        default_cache_dir() / CACHE_SUBDIR
+    )  # where training looks: a network pretrained here is reused there
 
 
 def main(argv: list[str] | None = None) -> None:

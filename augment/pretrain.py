@@ -42,6 +42,7 @@ from augment.networks.edsr import DIV2K_RGB_MEAN, RGB_RANGE, downscale
 
 log = logging.getLogger(__name__)
 
+CACHE_SUBDIR = "augment"  # pretrained networks live in <cache dir>/augment/<key>/ (training, CLI, benchmarks)
 PRETRAIN_VERSION = 2  # bump when the training procedure changes: it is part of the cache key
 EDSR_FILE, CAE_FILE, REPORT_FILE = "edsr_baseline_x4.pt", "model_final.state", "report.json"
 TARGET_GAIN_DB = 1.0  # EDSR should beat bicubic upsampling by at least this much on held-out images

@@ -8,9 +8,10 @@ bicubic down-and-up round trip (what EDSR's x4 input leaves of the image), and E
 every perturbation off (what the pretrained networks themselves change).
 
     python -m benchmarks.augment_recognisable checkpoint=<run>/checkpoints/last.ckpt [images=512]
-        [cae_size=32] [per_option=true]
+        [cae_size=32] [per_option=true] [precision=fp32]
 
-``cae_size`` runs the CAE at that side (DeepAugment's knob); ``per_option=true`` adds one row per EDSR
+``cae_size`` runs the CAE at that side and ``precision`` sets the networks' arithmetic (DeepAugment's
+knobs; default auto); ``per_option=true`` adds one row per EDSR
 weight option (one draw, activation options off) and per EDSR activation option (weight options off).
 """
 
@@ -24,6 +25,7 @@ from omegaconf import OmegaConf
 
 from augment import DeepAugment, Noise2Net, ensure_pretrained, perturb_edsr
 from augment.networks.edsr import downscale
+from augment.pretrain import CACHE_SUBDIR
 from evaluation.config import compose_config
 from evaluation.program import build_data, build_model
 from train.data.datamodule import find_split
@@ -41,6 +43,7 @@ def main() -> None:
     cae_size = int(args["cae_size"]) if "cae_size" in args else None
     args.pop("cae_size", None)
     per_option = args.pop("per_option", "false").lower() == "true"
+    precision = args.pop("precision", "auto")
     conf = OmegaConf.to_object(compose_config([f"{k}={v}" for k, v in args.items()] + ["eval=clean"]))
     data, suite = build_data(conf)
     model = build_model(conf, data.num_classes).eval()
@@ -48,9 +51,14 @@ def main() -> None:
     rows = torch.linspace(0, len(val) - 1, min(n, len(val))).long().tolist()
     images = torch.stack([val[i][0] for i in rows])
     weights = ensure_pretrained(
-        find_split(data.root, "train"), data.cache_dir / "augment", image_size=images.shape[-1]
+        find_split(data.root, "train"), data.cache_dir / CACHE_SUBDIR, image_size=images.shape[-1]
     )
-    nets = {"edsr_weights": str(weights["edsr"]), "cae_weights": str(weights["cae"]), "cae_size": cae_size}
+    nets = {
+        "edsr_weights": str(weights["edsr"]),
+        "cae_weights": str(weights["cae"]),
+        "cae_size": cae_size,
+        "precision": precision,
+    }
     edsr_off = {"edsr_weight_options": (), "edsr_pre_options": (), "edsr_body_options": ()}
     augmentations = {
         "bicubic x4 down-up": bicubic_round_trip,
@@ -76,7 +84,8 @@ def main() -> None:
     with torch.no_grad():
         clean = torch.cat([model.eval_forward(b).argmax(1) for b in images.split(128)])
         print(
-            f"{len(images)} val images, {images.shape[-1]} px, model {conf.model.name} from {conf.checkpoint}"
+            f"{len(images)} val images, {images.shape[-1]} px, model {conf.model.name} from {conf.checkpoint}, "
+            f"DeepAugment precision={precision}"
         )
         for name, augment in augmentations.items():
             out = torch.cat([augment(b) for b in images.split(64)])

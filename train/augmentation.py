@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from augment import ensure_pretrained
+from augment.pretrain import CACHE_SUBDIR
 from augment.preview import preview_grid, save_grid
 from train.config import AugmentPretrainConfig
 
@@ -88,7 +89,7 @@ def build_augment(
         if node.get("edsr_weights") is None or node.get("cae_weights") is None:
             paths = ensure_pretrained(
                 train_root,
-                cache_dir / "augment",
+                cache_dir / CACHE_SUBDIR,
                 image_size=image_size,
                 budget_s=pretrain.budget_s,
                 max_images=pretrain.max_images,
