@@ -159,6 +159,19 @@ def test_edsr_option_10_convolves_conv2_with_dirichlet_kernels():
     assert abs(k.max(1).values.mean().item() - ref.max(1).mean()) < 0.06
 
 
+def test_log_gamma_matches_numpy_gamma_samples():
+    dev = torch.Generator().manual_seed(0)
+    log_g = perturb_edsr._log_gamma(0.1, (400, 500), dev, torch.device("cpu")).double()
+    ref = np.log(np.random.default_rng(0).gamma(0.1, size=200_000))
+    assert torch.isfinite(log_g).all()
+    assert abs(log_g.mean().item() - ref.mean()) < 0.15  # E log G = digamma(0.1) = -10.42; SE ~0.03
+    assert abs(log_g.std().item() - ref.std()) < 0.15  # sqrt(trigamma(0.1)) = 10.07
+    quantiles = torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)
+    np.testing.assert_allclose(
+        torch.quantile(log_g, quantiles).numpy(), np.quantile(ref, quantiles), atol=0.3
+    )
+
+
 def test_edsr_option_11_adds_uniform_noise_to_one_conv2():
     base, new = edsr_option(11, 0, feats=16)
     (key,) = changed(base, new)
