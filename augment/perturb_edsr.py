@@ -30,6 +30,8 @@ _EVERY_THIRD = (0, 3, 6, 9)
 _LAPLACE_4 = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
 _LAPLACE_8 = ((-1.0, -1.0, -1.0), (-1.0, 8.0, -1.0), (-1.0, -1.0, -1.0))
 _RANDOM_BLOCKS = 15  # options 11-16 pick among blocks 0..14
+
+
 def _w(i: int, j: int) -> str:
     return f"body.{i}.body.{j}.weight"
 
@@ -251,24 +253,28 @@ def sample_activations(
     Returns:
         (params, hooks): ``params`` is a dict of device tensors with leading dim m; ``hooks(params_slice)``
         gives the keyword arguments (pre, mid, mid_index, skip) of :meth:`EDSR.forward` for any slice of it;
-        ``hooks(params_slice, plain=True)`` on CPU tensors also leaves out the body options and skips that no
-        image of the slice has (a skip every image of the slice takes becomes ``True``: the module is not run).
+        ``hooks(params_slice, plain=True)`` on CPU tensors also leaves out the head and body options and skips
+        that no image of the slice has (a skip every image of the slice takes becomes ``True``: the module is not run).
     """
     device = dev.device
     pre = torch.tensor(draw_choice(host, pre_options or (4,), m))
     body = torch.tensor(draw_choice(host, body_options or (5,), m))
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = {
+        "pre": pre.to(device, non_blocking=True)
+    }  # codes: plain passes skip unused work
     if (pre == 1).any():
         perm = _swap_permutations(m, feats, host)
         perm[pre != 1] = torch.arange(feats)
         params["perm"] = perm.to(device, non_blocking=True)
-    if ((pre == 2) | (pre == 3)).any():
-        u = torch.rand((m, feats, *size), generator=dev, device=device, dtype=dtype)
-        kind = pre.to(device, non_blocking=True).view(-1, 1, 1, 1)
-        one = torch.ones((), device=device, dtype=dtype)
-        params["mask"] = torch.where(
-            kind == 2, (u >= 0.05).to(dtype), torch.where(kind == 3, 1 - 2 * (u < 0.025).to(dtype), one)
+    masked = ((pre == 2) | (pre == 3)).nonzero().flatten()
+    if len(masked):  # noise only for the images that take a mask; the others' mask is all ones
+        u = torch.rand((len(masked), feats, *size), generator=dev, device=device, dtype=dtype)
+        kind = pre[masked].to(device, non_blocking=True).view(-1, 1, 1, 1)
+        mask = torch.ones((m, feats, *size), device=device, dtype=dtype)
+        mask[masked.to(device, non_blocking=True)] = torch.where(
+            kind == 2, (u >= 0.05).to(dtype), 1 - 2 * (u < 0.025).to(dtype)
         )
+        params["mask"] = mask
     coin = torch.randint(0, 3, (m,), generator=host) == 1  # ReLU (else GELU), flip (C, H) (else (C, W)): 1/3
     mid = torch.full((m,), _NONE)
     mid[body == 1] = _NEG
@@ -283,14 +289,14 @@ def sample_activations(
     params["skip"] = {i: skip[:, i].to(device, non_blocking=True) for i in range(n_body) if skip[:, i].any()}
 
     def hooks(p: dict[str, Any], plain: bool = False) -> dict[str, Any]:
-        ops, skips = mid_ops, p["skip"]
+        perm, mask, ops, skips = p.get("perm"), p.get("mask"), mid_ops, p["skip"]
         if plain and device.type == "cpu":  # look at the slice (no sync on a CPU): only what its images need
+            codes = set(p["pre"].tolist())
+            perm, mask = (perm if 1 in codes else None), (mask if codes & {2, 3} else None)
             ops = sorted(set(p["mid"].tolist()) - {_NONE}) if "mid" in p else []
             skips = {i: True if s.all() else s for i, s in skips.items() if s.any()}
         return {
-            "pre": (lambda x: _apply_pre(x, p.get("perm"), p.get("mask")))
-            if {"perm", "mask"} & p.keys()
-            else None,
+            "pre": (lambda x: _apply_pre(x, perm, mask)) if perm is not None or mask is not None else None,
             "mid": (lambda x: _apply_mid(x, p["mid"], ops)) if ops else None,
             "mid_index": MID_INDEX,
             "skip": skips or None,
