@@ -274,51 +274,57 @@ def pretrain(
     EDSR trains on ``patch_size`` crops until its held-out gain over bicubic reaches ``target_gain_db`` (checked
     every ``check_every_s`` seconds) or EDSR_SHARE of the budget is spent; the CAE (about 3x the FLOPs per
     pixel) trains on ``cae_patch_size`` crops for the rest of the budget. The last ``holdout`` images (at most
-    N // 4) are held out for the checks and the report.
+    N // 4) are held out for the checks and the report. The global RNG states are restored afterwards, so a
+    run that pretrains on a cold cache draws the same model init and data order as one with a warm cache.
     """
-    n, _, size, _ = images.shape
-    n_hold = min(holdout, n // 4)
-    if n_hold < 1:
-        raise ValueError(f"pretraining needs at least 4 images, got {n}")
-    train, hold = images[: n - n_hold], images[n - n_hold :]
     device = torch.device(device)
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    edsr = init_edsr_upsampler(EDSR(), *fit_linear_upsampler(train[:LINEAR_FIT_IMAGES])).to(device)
-    cae = init_cae_codec(CAE()).to(device)
-    report: dict[str, float] = {"images": n - n_hold, "holdout_images": n_hold, "image_size": size}
-    report["edsr_initial_gain_db"] = edsr_gain(edsr, hold)["edsr_gain_db"]
-    edsr_crops = _crops(train, EDSR_BATCH, min(patch_size, size) // 4 * 4, gen)
-    cae_crops = _crops(train, CAE_BATCH, max(MIN_CAE_SIZE, min(cae_patch_size, size) // 4 * 4), gen)
-    bar_format = "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]"
-    with tqdm(
-        total=budget_s, desc="pretrain DeepAugment nets", bar_format=bar_format, disable=not progress
-    ) as bar:
-        edsr_s, cae_s = EDSR_SHARE * budget_s, (1 - EDSR_SHARE) * budget_s
-
-        def reached(net: nn.Module) -> bool:
-            return edsr_gain(net, hold)["edsr_gain_db"] >= target_gain_db
-
-        edsr, report["edsr_steps"], report["edsr_seconds"] = _fit(
-            edsr,
-            _edsr_loss,
-            edsr_crops,
-            edsr_s,
-            1e-3,
-            device,
-            bar,
-            0.0,
-            EDSR_EMA_DECAY,
-            reached,
-            check_every_s,
+    with torch.random.fork_rng(
+        devices=[device] if device.type == "cuda" else []
+    ):  # leave the run's RNG alone
+        n, _, size, _ = images.shape
+        n_hold = min(holdout, n // 4)
+        if n_hold < 1:
+            raise ValueError(f"pretraining needs at least 4 images, got {n}")
+        train, hold = images[: n - n_hold], images[n - n_hold :]
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        edsr = init_edsr_upsampler(EDSR(), *fit_linear_upsampler(train[:LINEAR_FIT_IMAGES])).to(device)
+        cae = init_cae_codec(CAE()).to(device)
+        report: dict[str, float] = {"images": n - n_hold, "holdout_images": n_hold, "image_size": size}
+        report["edsr_initial_gain_db"] = edsr_gain(edsr, hold)["edsr_gain_db"]
+        edsr_crops = _crops(train, EDSR_BATCH, min(patch_size, size) // 4 * 4, gen)
+        cae_crops = _crops(train, CAE_BATCH, max(MIN_CAE_SIZE, min(cae_patch_size, size) // 4 * 4), gen)
+        bar_format = (
+            "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]"
         )
-        bar.total = report["edsr_seconds"] + cae_s  # an early stop shortens the whole run
-        bar.refresh()
-        cae, report["cae_steps"], report["cae_seconds"] = _fit(
-            cae, _cae_loss, cae_crops, cae_s, 1e-3, device, bar, report["edsr_seconds"]
-        )
-    report.update(evaluate(edsr, cae, hold, seed))
-    return edsr.cpu(), cae.cpu(), report
+        with tqdm(
+            total=budget_s, desc="pretrain DeepAugment nets", bar_format=bar_format, disable=not progress
+        ) as bar:
+            edsr_s, cae_s = EDSR_SHARE * budget_s, (1 - EDSR_SHARE) * budget_s
+
+            def reached(net: nn.Module) -> bool:
+                return edsr_gain(net, hold)["edsr_gain_db"] >= target_gain_db
+
+            edsr, report["edsr_steps"], report["edsr_seconds"] = _fit(
+                edsr,
+                _edsr_loss,
+                edsr_crops,
+                edsr_s,
+                1e-3,
+                device,
+                bar,
+                0.0,
+                EDSR_EMA_DECAY,
+                reached,
+                check_every_s,
+            )
+            bar.total = report["edsr_seconds"] + cae_s  # an early stop shortens the whole run
+            bar.refresh()
+            cae, report["cae_steps"], report["cae_seconds"] = _fit(
+                cae, _cae_loss, cae_crops, cae_s, 1e-3, device, bar, report["edsr_seconds"]
+            )
+        report.update(evaluate(edsr, cae, hold, seed))
+        return edsr.cpu(), cae.cpu(), report
 
 
 def _cache_key(files: list[Path], root: Path, settings: dict) -> str:
