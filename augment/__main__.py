@@ -72,9 +72,7 @@ def _default_root() -> Path:
 def _default_cache() -> Path:
     from train.data.benchmark import default_cache_dir
 
-    return (
-        default_cache_dir() / CACHE_SUBDIR
-    )  # where training looks: a network pretrained here is reused there
+    return default_cache_dir() / CACHE_SUBDIR  # where training looks, so training reuses what this pretrains
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -89,9 +89,8 @@ def grouped_forward(
 
     groups, n = x.shape[:2]
     per_pass = groups * n if max_images is None else max(1, max_images)
-    if (
-        per_pass < 2 * n
-    ):  # at most one group per pass: its own weights, plain layers (vmap would only add cost)
+    # at most one group per pass: its own weights, plain layers (vmap would only add cost)
+    if per_pass < 2 * n:
         step, outs = min(n, per_pass), []
         for g in range(groups):
             w = {k: v if in_dims[k] is None else v[g] for k, v in weights.items()}

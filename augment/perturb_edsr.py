@@ -116,7 +116,7 @@ def _noise_conv0(w: Weights, host: Generator, dev: Generator) -> None:  # 9
 def _log_gamma(alpha: float, shape: tuple[int, ...], dev: Generator, device: torch.device) -> Tensor:
     """log of Gamma(alpha, 1) samples, alpha < 1: Marsaglia-Tsang for alpha + 1, boosted by U^(1/alpha).
 
-    Rejected proposals (~2% for alpha = 0.1) are re-drawn for those elements only, until every one is
+    Rejected proposals (4.2% for alpha = 0.1) are re-drawn for those elements only, until every one is
     accepted: exact, and a few short rounds instead of a fixed stack of proposals per element.
     """
     d = alpha + 1 - 1 / 3
@@ -259,9 +259,8 @@ def sample_activations(
     device = dev.device
     pre = torch.tensor(draw_choice(host, pre_options or (4,), m))
     body = torch.tensor(draw_choice(host, body_options or (5,), m))
-    params: dict[str, Any] = {
-        "pre": pre.to(device, non_blocking=True)
-    }  # codes: plain passes skip unused work
+    # the head option codes, so that plain passes can skip the work no image of theirs takes
+    params: dict[str, Any] = {"pre": pre.to(device, non_blocking=True)}
     if (pre == 1).any():
         perm = _swap_permutations(m, feats, host)
         perm[pre != 1] = torch.arange(feats)
