@@ -118,3 +118,38 @@ def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(tmp_path
     good = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert good["global_step"] == 3
     assert all(torch.isfinite(v).all() for v in good["state_dict"].values() if v.is_floating_point())
+
+
+class _TinyRegression(L.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(4, 1)
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(self.layer(batch[0]), batch[1])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_health_monitor_survives_a_mid_epoch_resume(tmp_path: Path):
+    """Lightning skips on_train_epoch_start when it resumes inside an epoch (a SLURM requeue does)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from train.callbacks import HealthMonitor
+
+    data = DataLoader(TensorDataset(torch.randn(32, 4), torch.randn(32, 1)), batch_size=4)
+    common = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    saver = L.pytorch.callbacks.ModelCheckpoint(tmp_path, "{step}", every_n_train_steps=3, save_top_k=-1)
+    first = L.Trainer(max_epochs=1, callbacks=[HealthMonitor(), saver], default_root_dir=tmp_path, **common)
+    first.fit(_TinyRegression(), data)
+    checkpoint = tmp_path / "step=3.ckpt"  # saved inside epoch 0 (8 steps)
+    monitor = HealthMonitor()
+    resumed = L.Trainer(max_epochs=1, callbacks=[monitor], default_root_dir=tmp_path, **common)
+    resumed.fit(_TinyRegression(), data, ckpt_path=checkpoint)
+    assert resumed.global_step == 8 and monitor.images == 5 * 4  # the rest of epoch 0, counted

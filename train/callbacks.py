@@ -68,6 +68,10 @@ class RandomStateCheckpoint(L.Callback):
 class HealthMonitor(L.Callback):
     """Logs images/s, seconds spent waiting for data, and peak memory once per training epoch."""
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # a run resumed mid-epoch (e.g. a SLURM requeue) continues an epoch whose start hook does not run again
+        self.on_train_epoch_start(trainer, pl_module)
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.images = 0
         self.wait = 0.0
