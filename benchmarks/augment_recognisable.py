@@ -95,6 +95,18 @@ def main() -> None:
                 f"{name:<30} prediction kept {100 * kept.float().mean().item():5.1f}%   "
                 f"mean |pixel change| {change:.3f}"
             )
+        if precision != "fp32":  # what the cheaper arithmetic changes: same seed, same draws, fp32 networks
+            for name, probs in (("EDSR", (1.0, 0.0)), ("CAE", (0.0, 1.0))):
+                runs = [
+                    torch.cat([DeepAugment(**{**nets, "precision": p}, p_edsr=probs[0], p_cae=probs[1])(b)
+                               for b in images.split(64)])
+                    for p in (precision, "fp32")
+                ]  # fmt: skip
+                diff = (runs[0] - runs[1]).abs()
+                print(
+                    f"{name} {precision} vs fp32: mean |difference| {diff.mean().item():.4f}, "
+                    f"median {diff.median().item():.4f}"
+                )
 
 
 if __name__ == "__main__":

@@ -116,8 +116,10 @@ def reference_procedure(aug: DeepAugment, kind: str, images: torch.Tensor) -> Ca
                 params, hooks = perturb_cae.sample_latent(
                     1, (x.shape[-2] // 4, x.shape[-1] // 4), aug.cae_latent_options, host, dev, x.dtype
                 )
-            x, cast, params = cast_for_network(dtype, x, weights, params)
-            functional_call(net, cast, (x,), hooks(params)).float().clamp(0, 1)
+            # cast weights are kept: later images of the same network cast nothing
+            x, weights, params = cast_for_network(dtype, x, weights, params)
+            # plain=True: a plain CPU pass skips unused options, as the batched module's passes do
+            functional_call(net, weights, (x,), hooks(params, plain=True)).float().clamp(0, 1)
 
     return run
 
