@@ -1,6 +1,7 @@
 """Command line: ``python -m augment {pretrain,generate,preview} key=value ...``.
 
     python -m augment pretrain [data.root=<root>] [split=train] [cache_dir=<dir>] [image_size=64] [budget_s=450]
+                               [precision=auto]
     python -m augment generate data.root=<root> out=<dir> [split=train] [shard=i num_shards=n] [shard_by=class]
     python -m augment preview [data.root=<root>] out=preview.png [n=8] [image_size=64]
 
@@ -28,6 +29,7 @@ PRETRAIN = {
     "max_images": int,
     "patch_size": int,
     "cae_patch_size": int,
+    "precision": str,
 }
 WEIGHTS = {"edsr_weights": str, "cae_weights": str, **{f"pretrain.{k}": t for k, t in PRETRAIN.items()}}
 COMMANDS = {

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
+from augment.base import check_precision, network_dtype
 from augment.images import list_images, load_images
 from augment.networks import CAE, EDSR
 from augment.networks.cae import MIN_SIZE as MIN_CAE_SIZE
@@ -43,7 +44,7 @@ from augment.networks.edsr import DIV2K_RGB_MEAN, RGB_RANGE, downscale
 log = logging.getLogger(__name__)
 
 CACHE_SUBDIR = "augment"  # pretrained networks live in <cache dir>/augment/<key>/ (training, CLI, benchmarks)
-PRETRAIN_VERSION = 2  # bump when the training procedure changes: it is part of the cache key
+PRETRAIN_VERSION = 3  # bump when the training procedure changes: it is part of the cache key
 EDSR_FILE, CAE_FILE, REPORT_FILE = "edsr_baseline_x4.pt", "model_final.state", "report.json"
 TARGET_GAIN_DB = 1.0  # EDSR should beat bicubic upsampling by at least this much on held-out images
 EDSR_SHARE = 0.6  # of the time budget at most; the CAE gets the rest (it starts closer to its goal)
@@ -159,7 +160,8 @@ def init_cae_codec(net: CAE, levels: int = 10, sharpness: float = 40.0, block_sc
 
 
 def _crops(images: Tensor, batch: int, patch: int, gen: torch.Generator) -> Iterator[Tensor]:
-    """Endless random batches of ``patch`` crops (multiple-of-4 offsets, random h-flips) from uint8 images."""
+    """Endless random channels-last batches of ``patch`` crops (multiple-of-4 offsets, random h-flips) from uint8
+    images, as float in [0, 1]."""
     n, _, h, w = images.shape
     while True:
         idx = torch.randint(0, n, (batch,), generator=gen)
@@ -167,7 +169,7 @@ def _crops(images: Tensor, batch: int, patch: int, gen: torch.Generator) -> Iter
         left = torch.randint(0, (w - patch) // 4 + 1, (1,), generator=gen).item() * 4
         x = images[idx, :, top : top + patch, left : left + patch].float() / 255
         flip = torch.rand(batch, generator=gen) < 0.5
-        yield torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        yield torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x).contiguous(memory_format=torch.channels_last)
 
 
 def _ema(decay: float) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
@@ -191,13 +193,15 @@ def _fit(
     ema_decay: float | None = None,
     done: Callable[[nn.Module], bool] | None = None,
     check_every_s: float = CHECK_EVERY_S,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[nn.Module, int, float]:
     """Adam with WARMUP_STEPS of linear warm-up for at most ``seconds`` of wall time (checks included).
 
     Without ``ema_decay`` the learning rate then decays by a cosine over ``seconds`` and ``net`` is the result;
     with it the rate stays constant and an exponential moving average of the weights is the result. ``done``
     (on the result, every ``check_every_s`` seconds) ends training early. ``bar`` counts seconds; this phase moves
-    it from ``bar_offset``. Returns (result in eval mode, steps, seconds spent).
+    it from ``bar_offset``. With ``dtype`` bfloat16 the forward and backward passes run under bf16 autocast (weights,
+    gradients, Adam state and the average stay float32). Returns (result in eval mode, steps, seconds spent).
     """
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
@@ -209,7 +213,8 @@ def _fit(
         decay = 1.0 if average is not None else 0.5 * (1 + math.cos(math.pi * elapsed / seconds))
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (steps + 1) / WARMUP_STEPS) * decay
-        loss = loss_fn(net, next(batches).to(device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            loss = loss_fn(net, next(batches).to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -268,6 +273,7 @@ def pretrain(
     progress: bool = True,
     target_gain_db: float = TARGET_GAIN_DB,
     check_every_s: float = CHECK_EVERY_S,
+    precision: str = "auto",
 ) -> tuple[EDSR, CAE, dict[str, float]]:
     """Train EDSR and CAE on uint8 images [N, 3, S, S] within ``budget_s`` seconds; returns nets and report.
 
@@ -276,8 +282,12 @@ def pretrain(
     pixel) trains on ``cae_patch_size`` crops for the rest of the budget. The last ``holdout`` images (at most
     N // 4) are held out for the checks and the report. The global RNG states are restored afterwards, so a
     run that pretrains on a cold cache draws the same model init and data order as one with a warm cache.
+    ``precision`` ("auto", "fp32", "bf16") is the arithmetic of the training steps: "auto" trains under bf16
+    autocast where bf16 convolutions are fast (:func:`augment.base.has_fast_bf16`), fp32 elsewhere. Networks
+    and crops are channels-last while training; the held-out checks run in fp32.
     """
     device = torch.device(device)
+    dtype = network_dtype(device, check_precision(precision), torch.float32)
     with torch.random.fork_rng(
         devices=[device] if device.type == "cuda" else []
     ):  # leave the run's RNG alone
@@ -288,9 +298,11 @@ def pretrain(
         train, hold = images[: n - n_hold], images[n - n_hold :]
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
-        edsr = init_edsr_upsampler(EDSR(), *fit_linear_upsampler(train[:LINEAR_FIT_IMAGES])).to(device)
-        cae = init_cae_codec(CAE()).to(device)
-        report: dict[str, float] = {"images": n - n_hold, "holdout_images": n_hold, "image_size": size}
+        edsr = init_edsr_upsampler(EDSR(), *fit_linear_upsampler(train[:LINEAR_FIT_IMAGES]))
+        edsr = edsr.to(device, memory_format=torch.channels_last)
+        cae = init_cae_codec(CAE()).to(device, memory_format=torch.channels_last)
+        report: dict[str, float | str] = {"images": n - n_hold, "holdout_images": n_hold, "image_size": size}
+        report["precision"] = "bf16" if dtype == torch.bfloat16 else "fp32"
         report["edsr_initial_gain_db"] = edsr_gain(edsr, hold)["edsr_gain_db"]
         edsr_crops = _crops(train, EDSR_BATCH, min(patch_size, size) // 4 * 4, gen)
         cae_crops = _crops(train, CAE_BATCH, max(MIN_CAE_SIZE, min(cae_patch_size, size) // 4 * 4), gen)
@@ -317,14 +329,16 @@ def pretrain(
                 EDSR_EMA_DECAY,
                 reached,
                 check_every_s,
+                dtype,
             )
             bar.total = report["edsr_seconds"] + cae_s  # an early stop shortens the whole run
             bar.refresh()
             cae, report["cae_steps"], report["cae_seconds"] = _fit(
-                cae, _cae_loss, cae_crops, cae_s, 1e-3, device, bar, report["edsr_seconds"]
+                cae, _cae_loss, cae_crops, cae_s, 1e-3, device, bar, report["edsr_seconds"], dtype=dtype
             )
         report.update(evaluate(edsr, cae, hold, seed))
-        return edsr.cpu(), cae.cpu(), report
+        contiguous = torch.contiguous_format
+        return edsr.to("cpu", memory_format=contiguous), cae.to("cpu", memory_format=contiguous), report
 
 
 def _cache_key(files: list[Path], root: Path, settings: dict) -> str:
@@ -357,6 +371,7 @@ def ensure_pretrained(
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = True,
+    precision: str = "auto",
 ) -> dict[str, Path]:
     """Return {'edsr': path, 'cae': path} of checkpoints trained on ``image_root/<wnid>/*``, training if needed.
 
@@ -370,12 +385,15 @@ def ensure_pretrained(
         seed: seed of the sampling and initialisation.
         device: where to train (default: CUDA if available, else CPU).
         progress: show a tqdm progress bar.
+        precision: arithmetic of the training steps, see :func:`pretrain` (not part of the cache key: like the
+            device, it changes how the networks are reached, not what was asked for).
     """
     image_root, cache_dir = Path(image_root).expanduser(), Path(cache_dir).expanduser()
     if image_size < 16 or image_size % 4:
         raise ValueError(f"image_size must be a multiple of 4 and >= 16, got {image_size}")
     if budget_s <= 0:
         raise ValueError(f"budget_s must be > 0, got {budget_s}")
+    check_precision(precision)
     files = list_images(image_root)
     if len(files) > max_images:
         files = [files[i * len(files) // max_images] for i in range(max_images)]
@@ -398,7 +416,14 @@ def ensure_pretrained(
         order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
         images = load_images([files[i] for i in order], image_size)
         edsr, cae, report = pretrain(
-            images, budget_s, patch_size, cae_patch_size, seed=seed, device=device, progress=progress
+            images,
+            budget_s,
+            patch_size,
+            cae_patch_size,
+            seed=seed,
+            device=device,
+            progress=progress,
+            precision=precision,
         )
         report.update(settings, device=str(device), image_root=str(image_root))
         _save_atomic(lambda tmp: torch.save(edsr.state_dict(), tmp), paths["edsr"])

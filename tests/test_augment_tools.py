@@ -16,6 +16,7 @@ from test_augment_networks import one_thread  # noqa: F401  (autouse fixture)
 import augment.pretrain
 from augment import CAE, EDSR, DeepAugment
 from augment.__main__ import main
+from augment.base import has_fast_bf16
 from augment.generate import generate, shard_files
 from augment.images import list_images, load_images, resized_shape
 from augment.networks.edsr import downscale
@@ -88,6 +89,19 @@ def test_edsr_training_stops_once_its_held_out_target_is_reached(image_root):
     with torch.no_grad():
         gain = psnr(edsr(downscale(hold)).clamp(0, 1), hold) - psnr(bicubic, hold)
     assert gain == pytest.approx(report["edsr_gain_db"], abs=1e-3)  # the returned network is the checked one
+
+
+def test_bf16_pretraining_returns_float32_public_weights_and_bad_precision_is_refused(image_root, tmp_path):
+    images = load_images(list_images(image_root / "train"), 32)
+    edsr, cae, report = augment.pretrain.pretrain(images, 2.0, precision="bf16", progress=False)
+    assert report["precision"] == "bf16" and report["edsr_steps"] >= 1 and report["cae_steps"] >= 1
+    for net in (edsr, cae):
+        for name, tensor in net.state_dict().items():
+            assert tensor.dtype == torch.float32 and tensor.is_contiguous(), name
+    report = read_report(ensure_pretrained(image_root / "train", tmp_path, 32, 1.0, progress=False))
+    assert report["precision"] == ("bf16" if has_fast_bf16(torch.device("cpu")) else "fp32")  # "auto"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        ensure_pretrained(image_root / "train", tmp_path, 32, 1.0, precision="fp16")
 
 
 def test_identity_when_all_perturbations_are_off(pretrained, image_root):

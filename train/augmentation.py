@@ -93,6 +93,7 @@ def build_augment(
                 image_size=image_size,
                 budget_s=pretrain.budget_s,
                 max_images=pretrain.max_images,
+                precision=pretrain.precision,
             )
             node.edsr_weights = node.edsr_weights or str(paths["edsr"])
             node.cae_weights = node.cae_weights or str(paths["cae"])
