@@ -274,7 +274,7 @@ def pretrain(
     target_gain_db: float = TARGET_GAIN_DB,
     check_every_s: float = CHECK_EVERY_S,
     precision: str = "auto",
-) -> tuple[EDSR, CAE, dict[str, float]]:
+) -> tuple[EDSR, CAE, dict[str, float | str]]:
     """Train EDSR and CAE on uint8 images [N, 3, S, S] within ``budget_s`` seconds; returns nets and report.
 
     EDSR trains on ``patch_size`` crops until its held-out gain over bicubic reaches ``target_gain_db`` (checked
