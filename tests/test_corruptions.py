@@ -39,7 +39,7 @@ from evaluation.corruptions import (
     perturbation_sequence,
 )
 from evaluation.corruptions.__main__ import main as cli
-from evaluation.corruptions._ops import correlate, motion_kernel, plasma_fractal
+from evaluation.corruptions._ops import adjust_hsv, correlate, motion_kernel, plasma_fractal
 from evaluation.corruptions.blur import shuffle_sources
 from evaluation.corruptions.jpeg import CHROMA_TABLE, LUMA_TABLE, quantization_table, tensor_round_trip
 from evaluation.corruptions.preview import sample_photos
@@ -307,6 +307,25 @@ def test_spatter_histogram_equalisation_matches_opencv():
     ours = _equalize(torch.from_numpy(levels).float()).numpy()
     for image, out in zip(levels, ours, strict=True):
         np.testing.assert_array_equal(out[0], cv2.equalizeHist(image[0]))
+
+
+@pytest.mark.parametrize(
+    ("channel", "factor", "shift"), [(1, 0.1, 0.0), (1, 2.0, 0.0), (1, 20.0, 0.2), (2, 1.0, 0.5), (2, 1.0, -0.3)]
+)
+def test_closed_form_hsv_edit_matches_skimage_round_trip(channel, factor, shift):
+    from skimage.color import hsv2rgb, rgb2hsv
+
+    rng = np.random.default_rng(channel)
+    rgb = rng.integers(0, 256, (2, 30, 40, 3)).astype(np.float64) / 255
+    rgb[0, :10, :10] = 0.5  # grey: hue 0, so a saturation shift turns it red
+    rgb[0, 10:20, :10] = 0.0  # black
+    rgb[0, 20:, :10] = 1.0  # white
+    rgb[1, ..., 1] = rgb[1, ..., 0]  # red and green tie for the maximum
+    hsv = rgb2hsv(rgb)
+    hsv[..., channel] = np.clip(hsv[..., channel] * factor + shift, 0, 1)
+    expected = np.clip(hsv2rgb(hsv), 0, 1)
+    ours = adjust_hsv(torch.from_numpy(rgb).permute(0, 3, 1, 2).float(), channel, factor, shift)
+    np.testing.assert_allclose(ours.permute(0, 2, 3, 1).numpy(), expected, atol=2e-6)
 
 
 # --------------------------------------------------------------------------- contracts
