@@ -7,6 +7,7 @@ are batch/channel axes and are kept.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import kornia
@@ -49,31 +50,47 @@ def fold_index(index: Tensor, size: int, border: str) -> Tensor:
 def pad(x: Tensor, top: int, bottom: int, left: int, right: int, border: str) -> Tensor:
     """Pad the last two axes of [B, C, H, W] (any pad size, any border; negative pads crop)."""
     h, w = x.shape[-2:]
-    if border == "replicate" or (border == "reflect" and max(top, bottom) < h and max(left, right) < w):
+    pads = (top, bottom, left, right)
+    fits = min(pads) >= 0 and max(top, bottom) < h and max(left, right) < w
+    if border == "replicate" or (border == "reflect" and fits):
         return F.pad(x, (left, right, top, bottom), mode=border)
+    if border == "symmetric" and fits:  # mirrored slices: ~10x faster than the gathers below
+        x = torch.cat([x[..., :top, :].flip(-2), x, x[..., h - bottom :, :].flip(-2)], -2)
+        return torch.cat([x[..., :left].flip(-1), x, x[..., w - right :].flip(-1)], -1)
     rows = fold_index(torch.arange(-top, h + bottom, device=x.device), h, border)
     cols = fold_index(torch.arange(-left, w + right, device=x.device), w, border)
     return x.index_select(-2, rows).index_select(-1, cols)
 
 
-def filter_matrix(taps: Tensor, size: int, border: str) -> Tensor:
-    """[size, size] matrix M with ``(M @ v)[i] = sum_t taps[t] * v[fold(i + t - len(taps) // 2)]``."""
-    k = taps.numel()
-    i = torch.arange(size, device=taps.device)
-    cols = fold_index(i[:, None] + torch.arange(k, device=taps.device) - k // 2, size, border)
-    matrix = torch.zeros(size, size, device=taps.device, dtype=taps.dtype)
-    return matrix.scatter_add_(1, cols, taps.expand(size, k).contiguous())
+@functools.lru_cache(maxsize=32)
+def filter_matrix(
+    taps: tuple[float, ...], size: int, border: str, dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """[size, size] matrix M with ``(M @ v)[i] = sum_t taps[t] * v[fold(i + t - len(taps) // 2)]``.
+
+    Cached: a corruption makes the same matrix for every chunk of a batch (building one for a
+    1027-tap Gaussian costs ~7x the product it serves)."""
+    k = len(taps)
+    i = torch.arange(size, device=device)
+    cols = fold_index(i[:, None] + torch.arange(k, device=device) - k // 2, size, border)
+    weights = torch.tensor(taps, dtype=torch.float64).to(device=device, dtype=dtype)
+    matrix = torch.zeros(size, size, device=device, dtype=dtype)
+    return matrix.scatter_add_(1, cols, weights.expand(size, k).contiguous())
 
 
 SHIFT_TAPS = 15
-"""Filters up to this many taps run as sums of shifted copies, longer ones as banded matrix products."""
+"""Filters up to this many taps run as sums of shifted copies, longer ones (and all filters
+along axes of at most ``MATRIX_SIZE``) as products with a cached banded matrix. Measured on one
+CPU thread, both axes of 3x224x224: 15 taps 0.8-0.9 ms shifted vs 1.0 ms as products, 31 taps
+1.6-1.9 vs 1.0 ms; at 64 px the products are 1.5-10x faster for 7-49 taps."""
+MATRIX_SIZE = 64
 
 
 def filter_axis(x: Tensor, taps: Tensor, dim: int, border: str) -> Tensor:
     """Correlate [B, C, H, W] along ``dim`` (-2 or -1) with centred 1-D ``taps`` (a CPU tensor)."""
     k, n = taps.numel(), x.shape[dim]
-    if k > SHIFT_TAPS:
-        matrix = filter_matrix(taps.to(device=x.device, dtype=x.dtype), n, border)
+    if k > SHIFT_TAPS or n <= MATRIX_SIZE:
+        matrix = filter_matrix(tuple(taps.tolist()), n, border, x.dtype, x.device)
         return matrix @ x if dim == -2 else x @ matrix.T
     r = k // 2
     padded = pad(x, r, r, 0, 0, border) if dim == -2 else pad(x, 0, 0, r, r, border)

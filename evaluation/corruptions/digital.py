@@ -7,7 +7,6 @@ image size; the others have no size-dependent parameter.
 
 from __future__ import annotations
 
-import kornia
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -60,11 +59,17 @@ def elastic_transform(x: Tensor, severity: int, generator: torch.Generator | Non
         dtype=x.dtype,
     )
     target = source + jitter * (2 * rand((b, 3, 2), x, generator) - 1)
-    homogeneous = F.pad(source, (0, 1), value=1.0)
-    affine = torch.linalg.solve(homogeneous.expand(b, 3, 3), target).transpose(1, 2)
-    warped = kornia.geometry.transform.warp_affine(
-        x, affine, (h, w), padding_mode="reflection", align_corners=True
+    # The affine taking each target point back to its source point, in grid_sample's [-1, 1]
+    # units (pixel centres, align_corners=True; its "reflection" is OpenCV's reflect-101).
+    to_source = torch.linalg.solve(
+        F.pad(target, (0, 1), value=1.0), F.pad(source, (0, 1), value=1.0).expand(b, 3, 3)
     )
+    to_unit = torch.tensor(
+        [[2 / (w - 1), 0, -1], [0, 2 / (h - 1), -1], [0, 0, 1]], dtype=x.dtype, device=x.device
+    )
+    theta = (to_unit @ to_source.transpose(1, 2) @ torch.linalg.inv(to_unit))[:, :2]
+    grid = F.affine_grid(theta, [b, 3, h, w], align_corners=True)
+    warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
     noise = 2 * rand((b, 2, h, w), x, generator) - 1
     dx, dy = (alpha * gaussian_filter(noise, sigma, "symmetric", truncate=3.0)).unbind(1)
     grid_x = (2 * (torch.arange(w, device=x.device) + dx) + 1) / w - 1
