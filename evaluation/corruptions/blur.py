@@ -6,6 +6,8 @@ pixel values multiplied by ``scale`` (see ``corrupt``); zoom factors are relativ
 
 from __future__ import annotations
 
+import functools
+
 import kornia
 import numpy as np
 import torch
@@ -81,6 +83,15 @@ def zoom_blur(x: Tensor, severity: int, generator: torch.Generator | None, scale
     return ((x + zoom_layers(x, factors)) / (len(factors) + 1)).clamp_(0, 1)
 
 
+@functools.lru_cache(maxsize=8)
+def visit_mask(height: int, width: int, max_delta: int, device: torch.device) -> Tensor:
+    """Flat bool [H * W]: the pixels the reference's shuffle visits (a ``max_delta`` border is skipped)."""
+    rows = torch.arange(height, device=device)[:, None]
+    cols = torch.arange(width, device=device)
+    rows_inside = (rows > max_delta) & (rows <= height - max_delta)
+    return (rows_inside & (cols > max_delta) & (cols <= width - max_delta)).reshape(-1)
+
+
 def shuffle_sources(
     batch: int, height: int, width: int, max_delta: int, like: Tensor, generator: torch.Generator | None
 ) -> Tensor:
@@ -89,25 +100,19 @@ def shuffle_sources(
     The reference visits pixels from bottom-right to top-left (skipping a ``max_delta`` border)
     and "swaps" each with the pixel at a uniform offset in ``[-max_delta, max_delta)`` per axis;
     because it swaps NumPy views, each visit in fact copies the partner's current value into the
-    visited pixel. A partner visited earlier already holds its own copied value, so a pixel's
-    source is found by following partners while they point to earlier-visited pixels: a
-    pointer chain, resolved here in parallel by pointer doubling (exact, O(log chain) gathers).
+    visited pixel. A partner visited earlier (a later flat index) already holds its own copied
+    value, so a pixel's source is found by following partners while they point to
+    earlier-visited pixels: a pointer chain, resolved here in parallel by pointer doubling
+    (exact, O(log chain) gathers).
     """
-    device = like.device
-    rows = torch.arange(height, device=device)[:, None].expand(height, width).reshape(-1)
-    cols = torch.arange(width, device=device)[None, :].expand(height, width).reshape(-1)
-    visited = (
-        (rows > max_delta) & (rows <= height - max_delta) & (cols > max_delta) & (cols <= width - max_delta)
-    )
-    step = (rand((2, batch, height * width), like, generator) * (2 * max_delta)).long() - max_delta
-    partner_rows = torch.where(visited, rows + step[0], rows)
-    partner_cols = torch.where(visited, cols + step[1], cols)
-    partner = partner_rows * width + partner_cols
-    earlier = visited.reshape(-1)[partner] & (
-        (partner_rows > rows) | ((partner_rows == rows) & (partner_cols > cols))
-    )
-    own = torch.arange(height * width, device=device).expand(batch, -1)
-    parent = torch.where(earlier, partner, own)
+    visited = visit_mask(height, width, max_delta, like.device)
+    span = 2 * max_delta  # one draw picks the (row, column) step pair: span**2 equally likely
+    pair = torch.arange(span * span, device=like.device)
+    flat_steps = (pair // span - max_delta) * width + pair % span - max_delta
+    offset = flat_steps.take((rand((batch, height * width), like, generator) * span**2).long()) * visited
+    own = torch.arange(height * width, device=like.device)
+    partner = own + offset  # |column step| < width, so offset > 0 means later in raster order
+    parent = torch.where((offset > 0) & visited.expand(batch, -1).gather(1, partner), partner, own)
     while True:
         grandparent = parent.gather(1, parent)
         if torch.equal(grandparent, parent):
