@@ -57,24 +57,26 @@ def _edges(blobs: Tensor) -> Tensor:
 def _distance_to_edges(edges: Tensor, limit: int) -> Tensor:
     """Euclidean distance [B, 1, H, W] from each pixel to the nearest edge pixel, capped at ``limit``.
 
-    Exact and separable: the distance along each column to the nearest edge, then the minimum
-    over horizontal offsets within ``limit`` of ``dx^2 + column_distance^2``.
+    Exact and separable, in int16: the distance along each column to the nearest edge (capped
+    at ``limit + 1``) by doubling, i.e. ``min(d, d shifted by +-s, plus s)`` for s = 1, 2, 4, ...,
+    which reaches every offset below twice the last s at its exact cost; then the minimum over
+    horizontal offsets within ``limit`` of ``dx^2 + column_distance^2``.
     """
     h, w = edges.shape[-2:]
-    far = h + w + limit
-    rows = torch.arange(h, device=edges.device).view(h, 1).expand_as(edges)
-    above = torch.where(edges, rows, -far).cummax(-2).values
-    below = torch.where(edges, rows, 2 * far).flip(-2).cummin(-2).values.flip(-2)
-    column = torch.minimum(rows - above, below - rows).clamp(max=limit + 1).float() ** 2
-    padded = F.pad(column, (limit, limit), value=float((limit + 1) ** 2))
+    cap = limit + 1
+    column = torch.where(edges, 0, cap).to(torch.int16)
+    step = 1
+    while step <= limit:
+        padded = F.pad(column, (0, 0, step, step), value=cap)
+        column = torch.minimum(column, torch.minimum(padded[..., :h, :], padded[..., 2 * step :, :]) + step)
+        step *= 2
+    column = column.clamp_(max=cap) ** 2
+    padded = F.pad(column, (limit, limit), value=cap**2)
     best = column
     for dx in range(1, limit + 1):
-        best = torch.minimum(
-            best,
-            torch.minimum(padded[..., limit - dx : limit - dx + w], padded[..., limit + dx :][..., :w])
-            + dx * dx,
-        )
-    return best.sqrt().clamp(max=limit)
+        nearer = torch.minimum(padded[..., limit - dx : limit - dx + w], padded[..., limit + dx :][..., :w])
+        best = torch.minimum(best, nearer.add_(dx * dx))
+    return best.float().sqrt_().clamp_(max=limit)
 
 
 def _equalize(levels: Tensor) -> Tensor:
