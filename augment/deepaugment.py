@@ -6,9 +6,11 @@ p_cae) -- by default the reference's 1:1:1 mix. The images of one path are split
 reference re-drawing a network every ~20 images), and activation / latent perturbations are drawn per image. All
 groups run in one batched pass (:mod:`augment.grouped`); there is no Python loop over images.
 
-Sizes: EDSR takes the image downscaled x4 (antialiased bicubic) and returns the input resolution. The CAE runs
-at the input resolution, or with ``cae_size`` set at that short side (bilinear down and back up), which cuts
-its cost by (cae_size / H)^2.
+Sizes: EDSR takes the image downscaled x4 (antialiased bicubic) and returns the input resolution; with
+``edsr_size`` set it takes the image resized to that short side and its x4 output is resized back (the
+reference feeds 128 px short sides), which multiplies its cost by (4 edsr_size / H)^2. The CAE runs at the
+input resolution, or with ``cae_size`` set at that short side (bilinear resizes both ways; the reference:
+512 px), which scales its cost by (cae_size / H)^2.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class DeepAugment(RandomAugmentation):
         cae_weights: CAE checkpoint (public ``model_final.state`` format); needed if p_cae > 0.
         p_edsr, p_cae: probability that an image goes through EDSR / CAE (clean otherwise).
         images_per_network: largest group served by one perturbed network (reference: ~20 on average).
+        edsr_size: short side of EDSR's input; None = a quarter of the input's (EDSR then returns the input
+            resolution); otherwise the x4 output is resized to the input resolution (antialiased).
         cae_size: short side at which the CAE runs (multiple of 4); None = input resolution.
         seed: seed of the generators (see :mod:`augment.base`).
         edsr_weight_options, edsr_weight_draws: EDSR weight options (0-16) and draws per network.
@@ -84,6 +88,7 @@ class DeepAugment(RandomAugmentation):
         p_edsr: float = 1 / 3,
         p_cae: float = 1 / 3,
         images_per_network: int = 16,
+        edsr_size: int | None = None,
         cae_size: int | None = None,
         seed: int = 0,
         edsr_weight_options: Sequence[int] = perturb_edsr.WEIGHT_OPTIONS,
@@ -112,6 +117,9 @@ class DeepAugment(RandomAugmentation):
                 f"cae_size must be a multiple of 4 and >= {MIN_CAE_SIZE}, or None; got {cae_size}"
             )
         self.cae_size = None if cae_size is None else int(cae_size)
+        if edsr_size is not None and int(edsr_size) < 1:
+            raise ValueError(f"edsr_size must be a positive short side in px, or None; got {edsr_size}")
+        self.edsr_size = None if edsr_size is None else int(edsr_size)
         self.edsr_weight_options = check_options(edsr_weight_options, range(17), "edsr_weight_options")
         self.edsr_weight_draws = int(edsr_weight_draws)
         self.edsr_pre_options = check_options(edsr_pre_options, perturb_edsr.PRE_OPTIONS, "edsr_pre_options")
@@ -141,7 +149,7 @@ class DeepAugment(RandomAugmentation):
     def extra_repr(self) -> str:
         return (
             f"p_edsr={self.p_edsr:.3f}, p_cae={self.p_cae:.3f}, images_per_network={self.images_per_network}, "
-            f"cae_size={self.cae_size}, precision={self.precision}, seed={self.seed}"
+            f"edsr_size={self.edsr_size}, cae_size={self.cae_size}, precision={self.precision}, seed={self.seed}"
         )
 
     @torch.no_grad()
@@ -189,7 +197,13 @@ class DeepAugment(RandomAugmentation):
     def _edsr_path(self, x: Tensor) -> Tensor:
         net = self.edsr
         dtype = net.head[0].weight.dtype
-        lr = downscale(x.to(dtype))
+        size = tuple(x.shape[-2:])
+        if self.edsr_size is None:
+            lr = downscale(x.to(dtype))
+        else:
+            shape = resized_shape(*size, self.edsr_size, multiple=1)
+            lr = F.interpolate(x.to(dtype), size=shape, mode="bicubic", antialias=True, align_corners=False)
+            lr = lr.clamp(0, 1)
         host, dev = self.generators()
 
         def perturb(base: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -211,7 +225,11 @@ class DeepAugment(RandomAugmentation):
                 dtype,
             )
 
-        return self._grouped(net, lr, perturb, sample, x.shape[-2] * x.shape[-1]).to(dtype).clamp(0, 1)
+        out_pixels = lr.shape[-2] * lr.shape[-1] * net.scale**2
+        out = self._grouped(net, lr, perturb, sample, out_pixels).to(dtype)
+        if out.shape[-2:] != size:
+            out = F.interpolate(out, size=size, mode="bilinear", antialias=True, align_corners=False)
+        return out.clamp(0, 1)
 
     def _cae_path(self, x: Tensor) -> Tensor:
         dtype = self.cae.e_conv_3[0].weight.dtype

@@ -30,10 +30,11 @@ def list_images(root: Path | str) -> list[Path]:
     return files
 
 
-def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
-    """(H, W) with short side ``size`` and the long side scaled and rounded to a multiple of 4 (the networks need it)."""
+def resized_shape(height: int, width: int, size: int, multiple: int = 4) -> tuple[int, int]:
+    """(H, W) with short side ``size`` and the long side scaled and rounded to a multiple of ``multiple``
+    (4 by default: the CAE needs it)."""
     scale = size / min(height, width)
-    return tuple(max(size, round(s * scale / 4) * 4) for s in (height, width))
+    return tuple(max(size, round(s * scale / multiple) * multiple) for s in (height, width))
 
 
 def load_image(path: Path, size: int | None = None) -> Tensor:

@@ -8,10 +8,10 @@ bicubic down-and-up round trip (what EDSR's x4 input leaves of the image), and E
 every perturbation off (what the pretrained networks themselves change).
 
     python -m benchmarks.augment_recognisable checkpoint=<run>/checkpoints/last.ckpt [images=512]
-        [cae_size=32] [per_option=true] [precision=fp32]
+        [edsr_size=32] [cae_size=128] [per_option=true] [precision=fp32]
 
-``cae_size`` runs the CAE at that side and ``precision`` sets the networks' arithmetic (DeepAugment's
-knobs; default auto); ``per_option=true`` adds one row per EDSR
+``edsr_size`` sets EDSR's input side, ``cae_size`` the CAE's working side and ``precision`` the networks'
+arithmetic (DeepAugment's knobs; defaults: a quarter of the image, the image's side, auto); ``per_option=true`` adds one row per EDSR
 weight option (one draw, activation options off) and per EDSR activation option (weight options off).
 """
 
@@ -40,8 +40,7 @@ def bicubic_round_trip(x: torch.Tensor) -> torch.Tensor:
 def main() -> None:
     args = dict(a.split("=", 1) for a in sys.argv[1:])
     n = int(args.pop("images", 512))
-    cae_size = int(args["cae_size"]) if "cae_size" in args else None
-    args.pop("cae_size", None)
+    sizes = {key: int(args.pop(key)) if key in args else None for key in ("edsr_size", "cae_size")}
     per_option = args.pop("per_option", "false").lower() == "true"
     precision = args.pop("precision", "auto")
     conf = OmegaConf.to_object(compose_config([f"{k}={v}" for k, v in args.items()] + ["eval=clean"]))
@@ -56,7 +55,7 @@ def main() -> None:
     nets = {
         "edsr_weights": str(weights["edsr"]),
         "cae_weights": str(weights["cae"]),
-        "cae_size": cae_size,
+        **sizes,
         "precision": precision,
     }
     edsr_off = {"edsr_weight_options": (), "edsr_pre_options": (), "edsr_body_options": ()}
@@ -85,7 +84,7 @@ def main() -> None:
         clean = torch.cat([model.eval_forward(b).argmax(1) for b in images.split(128)])
         print(
             f"{len(images)} val images, {images.shape[-1]} px, model {conf.model.name} from {conf.checkpoint}, "
-            f"DeepAugment precision={precision}"
+            f"DeepAugment precision={precision} edsr_size={sizes['edsr_size']} cae_size={sizes['cae_size']}"
         )
         for name, augment in augmentations.items():
             out = torch.cat([augment(b) for b in images.split(64)])

@@ -215,6 +215,29 @@ def test_cae_size_runs_the_cae_at_a_lower_resolution(weights):
     assert (out[..., 1:] - out[..., :-1]).abs().mean() < (x[..., 1:] - x[..., :-1]).abs().mean()
 
 
+@pytest.mark.parametrize("edsr_size", [10, 36])
+def test_edsr_size_sets_edsrs_input_side_and_resizes_its_output_back(weights, edsr_size):
+    """With perturbations off, the EDSR path equals a plain forward of the network on the image
+    resized to short side ``edsr_size``, its x4 output resized to the input's size."""
+    off = {"edsr_weight_options": (), "edsr_pre_options": (), "edsr_body_options": ()}
+    aug = DeepAugment(**weights, p_edsr=1.0, p_cae=0.0, edsr_size=edsr_size, precision="fp32", **off)
+    x = torch.rand(2, 3, 24, 36)
+    net = EDSR()
+    net.load_state_dict(torch.load(weights["edsr_weights"], weights_only=True))
+    small = torch.nn.functional.interpolate(
+        x, size=(edsr_size, edsr_size * 3 // 2), mode="bicubic", antialias=True, align_corners=False
+    ).clamp(0, 1)
+    with torch.no_grad():
+        big = net(small)
+    assert big.shape[-2:] == (4 * edsr_size, 6 * edsr_size)
+    expected = torch.nn.functional.interpolate(
+        big, size=(24, 36), mode="bilinear", antialias=True, align_corners=False
+    ).clamp(0, 1)
+    out = aug(x)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
 def test_clear_errors(weights, tmp_path: Path):
     with pytest.raises(ValueError, match="edsr_weights"):
         DeepAugment(cae_weights=weights["cae_weights"])
@@ -224,6 +247,8 @@ def test_clear_errors(weights, tmp_path: Path):
         DeepAugment(**weights)(torch.rand(2, 3, 18, 16))
     with pytest.raises(ValueError, match="edsr_weight_options"):
         DeepAugment(**weights, edsr_weight_options=(17,))
+    with pytest.raises(ValueError, match="edsr_size"):
+        DeepAugment(**weights, edsr_size=0)
     with pytest.raises(ValueError, match="at least 12 px"):
         DeepAugment(**weights, p_edsr=0.0, p_cae=1.0)(torch.rand(2, 3, 8, 8))
     with pytest.raises(ValueError, match="p_edsr \\+ p_cae"):
