@@ -3,7 +3,7 @@
     python -m augment pretrain [data.root=<root>] [split=train] [cache_dir=<dir>] [image_size=64] [budget_s=450]
                                [precision=auto]
     python -m augment generate data.root=<root> out=<dir> [split=train] [shard=i num_shards=n] [shard_by=class]
-    python -m augment preview [data.root=<root>] out=preview.png [n=8] [image_size=64]
+    python -m augment preview [data.root=<root>] out=preview.png [n=8] [image_size=64] [edsr_size=32] [cae_size=128]
 
 ``data.root`` is an ImageNet-layout root (``<root>/<split>/<wnid>/<file>``), by default the embedded benchmark.
 ``generate`` and ``preview`` take ``edsr_weights=`` and ``cae_weights=``; without them they use the built-in
@@ -45,7 +45,15 @@ COMMANDS = {
         "workers": int,
         **WEIGHTS,
     },
-    "preview": {"out": Path, "n": int, "image_size": int, "cell": int, **WEIGHTS},
+    "preview": {
+        "out": Path,
+        "n": int,
+        "image_size": int,
+        "cell": int,
+        "edsr_size": int,
+        "cae_size": int,
+        **WEIGHTS,
+    },
 }
 
 

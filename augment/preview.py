@@ -16,10 +16,19 @@ from augment.noise2net import Noise2Net
 COLUMNS = ("clean", "EDSR", "CAE", "Noise2Net")
 
 
-def preview_grid(images: torch.Tensor, edsr_weights: str, cae_weights: str, seed: int = 0) -> torch.Tensor:
-    """images [n, 3, S, S] in [0, 1] -> [n, 4, 3, S, S]: clean, EDSR, CAE and Noise2Net versions of each."""
-    edsr = DeepAugment(edsr_weights, cae_weights, p_edsr=1.0, p_cae=0.0, images_per_network=1, seed=seed)
-    cae = DeepAugment(edsr_weights, cae_weights, p_edsr=0.0, p_cae=1.0, images_per_network=1, seed=seed)
+def preview_grid(
+    images: torch.Tensor,
+    edsr_weights: str,
+    cae_weights: str,
+    seed: int = 0,
+    edsr_size: int | None = None,
+    cae_size: int | None = None,
+) -> torch.Tensor:
+    """images [n, 3, S, S] in [0, 1] -> [n, 4, 3, S, S]: clean, EDSR, CAE and Noise2Net versions of each
+    (``edsr_size`` and ``cae_size`` as in :class:`DeepAugment`)."""
+    common = {"images_per_network": 1, "seed": seed, "edsr_size": edsr_size, "cae_size": cae_size}
+    edsr = DeepAugment(edsr_weights, cae_weights, p_edsr=1.0, p_cae=0.0, **common)
+    cae = DeepAugment(edsr_weights, cae_weights, p_edsr=0.0, p_cae=1.0, **common)
     noise2net = Noise2Net(p=1.0, seed=seed)
     return torch.stack([images, edsr(images), cae(images), noise2net(images)], dim=1)
 
@@ -50,11 +59,13 @@ def preview(
     image_size: int = 64,
     cell: int = 128,
     seed: int = 0,
+    edsr_size: int | None = None,
+    cae_size: int | None = None,
 ) -> Path:
     """Write the grid for ``n`` images spread over the classes of ``data_root/split`` to ``out``; returns ``out``."""
     files = list_images(Path(data_root).expanduser() / split)
     step = max(1, len(files) // n)
     images = load_images(files[::step][:n], image_size).float() / 255
     out = Path(out).expanduser()
-    save_grid(preview_grid(images, edsr_weights, cae_weights, seed), out, cell)
+    save_grid(preview_grid(images, edsr_weights, cae_weights, seed, edsr_size, cae_size), out, cell)
     return out

@@ -190,5 +190,24 @@ def test_preview_grid_and_cli(pretrained, image_root, tmp_path):
     assert np.abs(grid[16:48, :32].astype(int) - first[::2, ::2].astype(int)).max() <= 1  # clean column
     main(["preview", f"data.root={image_root}", f"out={tmp_path / 'cli.png'}", "n=2", "cell=16", *weights])
     assert (tmp_path / "cli.png").is_file()
+    sized = ["edsr_size=32", "cae_size=32"]  # the working sizes reach the grid: other EDSR and CAE columns
+    main(
+        [
+            "preview",
+            f"data.root={image_root}",
+            f"out={tmp_path / 's.png'}",
+            "n=2",
+            "cell=16",
+            *weights,
+            *sized,
+        ]
+    )
+    main(["preview", f"data.root={image_root}", f"out={tmp_path / 'd.png'}", "n=2", "cell=16", *weights])
+    with Image.open(tmp_path / "s.png") as a, Image.open(tmp_path / "d.png") as b:
+        sized_grid, default_grid = (np.asarray(img.convert("RGB")).astype(int) for img in (a, b))
+    assert np.array_equal(sized_grid[:, :16], default_grid[:, :16])  # clean column
+    for column in (1, 2):  # EDSR, CAE
+        cells = np.s_[16:, 16 * column : 16 * (column + 1)]
+        assert np.abs(sized_grid[cells] - default_grid[cells]).mean() > 1
     with pytest.raises(SystemExit, match="unknown argument"):
         main(["preview", "colour=red"])

@@ -107,6 +107,8 @@ def write_preview(cfg: DictConfig, images: Tensor, path: Path, seed: int) -> Pat
     if not nodes:
         return None
     with torch.no_grad():
-        grid = preview_grid(images, nodes[0].edsr_weights, nodes[0].cae_weights, seed=seed)
+        node = nodes[0]
+        sizes = {key: node.get(key) for key in ("edsr_size", "cae_size")}  # the run's working sizes
+        grid = preview_grid(images, node.edsr_weights, node.cae_weights, seed=seed, **sizes)
     save_grid(grid, path)
     return path
