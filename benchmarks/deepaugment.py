@@ -11,8 +11,9 @@
    p_edsr * t_edsr + p_cae * t_cae (and 0.5 * t_noise2net), each t timed with the whole batch on that path, so
    small CPU batches add no routing noise. Noise2Net's FLOPs are the expectation over its kernel draws (half of
    its hierarchical convs are 1x1): 1.72 GFLOP at 224 px; with every conv at 3x3 it would be 2.96.
-   All timed functions run interleaved, one after the other in every round, and each ratio is the median of its
-   per-round ratios, so load changes on a shared machine hit both sides of a ratio alike.
+   All timed functions run interleaved, one after the other in every round, so load changes on a shared machine
+   hit both sides of a ratio alike. Cost ratios are medians of per-round ratios; the batched / reference speed
+   ratio is one of total times over all rounds, since per-image activation draws make single rounds vary.
 3. Peak extra memory of the augment step for a batch of 64 at 224 px with the default mix (CUDA
    max_memory_allocated, or peak RSS above the pre-step RSS on CPU, sampled every 2 ms), in a fresh process.
 Speed does not depend on the weights, so the networks are randomly initialised.
@@ -59,14 +60,17 @@ def timed_rounds(
     """Seconds of every ``fn`` in each of ``repeats`` rounds (one warm-up run each first).
 
     The functions run interleaved, one after the other in every round, so a change of the machine's load hits all
-    of them alike; ratios are taken per round.
+    of them alike; the order rotates by one each round, so no function always runs right after the same other
+    one (on a CPU the function after the model's training step starts with cold caches and fresh pages).
     """
     for fn in fns.values():
         fn()
     sync(device)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            fn = fns[name]
             start = time.perf_counter()
             fn()
             sync(device)
@@ -77,6 +81,12 @@ def timed_rounds(
 def ratio(times: dict[str, list[float]], num: str, den: str) -> float:
     """Median over rounds of times[num] / times[den]."""
     return median([a / b for a, b in zip(times[num], times[den], strict=True)])
+
+
+def total_ratio(times: dict[str, list[float]], num: str, den: str) -> float:
+    """sum(times[num]) / sum(times[den]): for the speed comparison, where per-image activation draws (a skipped
+    body, an extra GELU) make one 4-image round vary by +-15% on either side, so each side needs many images."""
+    return sum(times[num]) / sum(times[den])
 
 
 def weight_files(root: Path) -> dict[str, str]:
@@ -228,7 +238,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=4, help="images per batch for the speed runs")
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--images-per-network", type=int, default=16)
     parser.add_argument("--cae-size", type=int, default=None)
     parser.add_argument("--memory-batch", type=int, default=64, help="0 skips the memory measurement")
@@ -272,8 +282,8 @@ def main() -> None:
     full = {name: median(t) for name, t in times.items()}
     for kind in ("edsr", "cae"):
         print(
-            f"{kind}: batched {args.batch / full[kind]:.2f} img/s, "
-            f"reference procedure {args.batch / full[kind + '_reference']:.2f} img/s (medians)"
+            f"{kind}: batched {args.batch * args.repeats / sum(times[kind]):.2f} img/s, "
+            f"reference procedure {args.batch * args.repeats / sum(times[kind + '_reference']):.2f} img/s (all rounds)"
         )
     # Cost per batch of the reference mix (1/3 EDSR, 1/3 CAE) and of Noise2Net on half the batch, per round.
     times["mix"] = [(e + c) / 3 for e, c in zip(times["edsr"], times["cae"], strict=True)]
@@ -300,9 +310,11 @@ def main() -> None:
             f"memory: DeepAugment step, batch {args.memory_batch} at {args.size} px: {memory:.0f} MiB ({kind})"
         )
 
-    print(f"--- ratios (median over {args.repeats} interleaved rounds) ---")
+    print(
+        f"--- ratios over {args.repeats} interleaved rounds (speed: total times; cost: median per-round ratio) ---"
+    )
     for kind in ("edsr", "cae"):
-        print(f"{kind}: batched / reference procedure = {ratio(times, kind + '_reference', kind):.2f}x")
+        print(f"{kind}: batched / reference procedure = {total_ratio(times, kind + '_reference', kind):.2f}x")
     for name, key, floor in (
         ("DeepAugment mix", "mix", floor_mix),
         ("Noise2Net on half", "noise2net_half", floor_n2n),
