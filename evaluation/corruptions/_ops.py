@@ -252,6 +252,8 @@ def adjust_hsv(x: Tensor, channel: int, factor: float, shift: float) -> Tensor:
     new S rescales each channel's distance below V. Grey pixels take hue 0 (red), as in
     skimage's ``rgb2hsv``: a saturation shift turns them ``(V, V (1 - S), V (1 - S))``.
     """
+    if channel not in (1, 2):
+        raise ValueError(f"adjust_hsv edits saturation (1) or value (2), got channel {channel}")
     value = x.amax(1, keepdim=True)
     if channel == 2:
         new_value = (value * factor + shift).clamp_(0, 1)
