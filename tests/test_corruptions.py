@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from imagecorruptions import corruptions as reference_ops
 from PIL import Image
+from scipy import stats as scipy_stats
 from scipy.ndimage import distance_transform_edt, map_coordinates
 from skimage.filters import gaussian
 from skimage.metrics import structural_similarity
@@ -42,6 +43,7 @@ from evaluation.corruptions.__main__ import main as cli
 from evaluation.corruptions._ops import adjust_hsv, correlate, motion_kernel, plasma_fractal
 from evaluation.corruptions.blur import shuffle_sources
 from evaluation.corruptions.jpeg import CHROMA_TABLE, LUMA_TABLE, quantization_table, tensor_round_trip
+from evaluation.corruptions.noise import poisson_counts
 from evaluation.corruptions.preview import sample_photos
 from evaluation.corruptions.spatter import _distance_to_edges, _equalize
 
@@ -230,6 +232,43 @@ def test_glass_shuffle_matches_reference_displacements():
         )
 
 
+def _pooled(
+    observed: np.ndarray, expected: np.ndarray, minimum: float = 5.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge adjacent outcomes until each bin expects at least ``minimum`` draws (chi-square's rule)."""
+    bins, pending = [], np.zeros(2)
+    for pair in zip(observed, expected, strict=True):
+        pending += pair
+        if pending[1] >= minimum:
+            bins.append(pending)
+            pending = np.zeros(2)
+    bins[-1] = bins[-1] + pending
+    return np.array(bins).T
+
+
+@pytest.mark.parametrize("photons", [3, 60, 300])
+def test_shot_noise_counts_follow_scipy_poisson(photons):
+    """Poisson counts for 8-bit levels (alias tables) and for values between levels
+    (``torch.poisson``) pass a chi-square test against SciPy's pmf of ``x * photons``."""
+    levels = torch.tensor([0.0, 1.0, 37.0, 128.0, 255.0])
+    generator = torch.Generator().manual_seed(photons)
+    for offset in (0.0, 0.3):  # on the 8-bit grid, then off it
+        x = ((levels + offset).clamp(max=255) / 255)[:, None].expand(-1, 100_000)
+        counts = poisson_counts(x, photons, generator)
+        assert counts.shape == x.shape and torch.equal(counts, counts.round())
+        for rate, row in zip((x[:, 0].double() * photons).tolist(), counts.long().numpy(), strict=True):
+            if rate == 0:
+                assert not row.any(), "a zero rate must give zero counts"
+                continue
+            top = int(row.max()) + 1
+            expected = scipy_stats.poisson.pmf(np.arange(top), rate) * len(row)
+            expected[-1] += scipy_stats.poisson.sf(top - 1, rate) * len(row)
+            observed = np.bincount(row, minlength=top).astype(float)
+            obs, exp = _pooled(observed, expected)
+            p_value = scipy_stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue
+            assert p_value > 1e-4, f"photons {photons}, rate {rate:.3f}: chi-square p = {p_value:.2e}"
+
+
 @pytest.mark.parametrize("size", [32, 100])
 def test_motion_blur_kernel_matches_reference(size):
     """Exact match with the reference's shift-and-add motion blur, including its early stop at the border."""
@@ -310,7 +349,8 @@ def test_spatter_histogram_equalisation_matches_opencv():
 
 
 @pytest.mark.parametrize(
-    ("channel", "factor", "shift"), [(1, 0.1, 0.0), (1, 2.0, 0.0), (1, 20.0, 0.2), (2, 1.0, 0.5), (2, 1.0, -0.3)]
+    ("channel", "factor", "shift"),
+    [(1, 0.1, 0.0), (1, 2.0, 0.0), (1, 20.0, 0.2), (2, 1.0, 0.5), (2, 1.0, -0.3)],
 )
 def test_closed_form_hsv_edit_matches_skimage_round_trip(channel, factor, shift):
     from skimage.color import hsv2rgb, rgb2hsv

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ._inputs import check_images, resolve_scale, working_dtype
 from ._ops import adjust_hsv, correlate, gaussian_filter, motion_kernel, randn, resample_kernel
+from .noise import poisson_counts
 from .spatter import liquid_layer, water
 from .weather import snow_blend
 
@@ -42,7 +43,7 @@ def _gaussian_noise(x: Tensor, generator: torch.Generator | None, scale: float, 
 
 def _shot_noise(x: Tensor, generator: torch.Generator | None, scale: float, difficulty: int) -> Tensor:
     photons = SHOT_PHOTONS[difficulty - 1]
-    return _noise(x, lambda c: torch.poisson(c * photons, generator) / photons)
+    return _noise(x, lambda c: poisson_counts(c, photons, generator) / photons)
 
 
 def _speckle_noise(x: Tensor, generator: torch.Generator | None, scale: float, difficulty: int) -> Tensor:
