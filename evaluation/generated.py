@@ -93,16 +93,32 @@ class GeneratedCorruptions:
                 ((corruption == c) & (severity == s), c, s)
                 for c, s in torch.stack([corruption, severity], 1).unique(dim=0).tolist()
             ]
+        pending: list[tuple[Tensor, Tensor, int, int]] = []  # corrupted images, their rows, pair
         for mask, c, s in jobs:
             rows = mask.nonzero().squeeze(1)
             generator = image_generator(images.device, self.seed, int(idx[rows[0]]), c * 8 + s)
             corrupted = corrupt(images[rows.to(images.device)], COMMON_CORRUPTIONS[c], s, generator)
-            wrong = (forward(corrupted).argmax(1) != target[rows.to(target.device)]).cpu()
-            self.records["c_wrong"].append(wrong)
-            self.records["c_corruption"].append(
-                torch.full_like(wrong, C_NAMES.index(COMMON_CORRUPTIONS[c]), dtype=torch.long)
-            )
-            self.records["c_severity"].append(torch.full_like(wrong, s, dtype=torch.long))
+            pending.append((corrupted, rows, c, s))
+            if sum(len(p[1]) for p in pending) >= len(images):
+                self._score_corrupted(forward, pending, target)
+                pending = []
+        if pending:
+            self._score_corrupted(forward, pending, target)
+
+    def _score_corrupted(
+        self, forward, pending: list[tuple[Tensor, Tensor, int, int]], target: Tensor
+    ) -> None:
+        """One forward pass over the corrupted images of several (corruption, severity) groups
+        (a group often holds one image: one pass each would run the model at batch size 1)."""
+        rows = torch.cat([p[1] for p in pending])
+        wrong = (
+            forward(torch.cat([p[0] for p in pending])).argmax(1) != target[rows.to(target.device)]
+        ).cpu()
+        sizes = torch.tensor([len(p[1]) for p in pending])
+        corruption = torch.tensor([C_NAMES.index(COMMON_CORRUPTIONS[p[2]]) for p in pending])
+        self.records["c_wrong"].append(wrong)
+        self.records["c_corruption"].append(corruption.repeat_interleave(sizes))
+        self.records["c_severity"].append(torch.tensor([p[3] for p in pending]).repeat_interleave(sizes))
 
     def collect_p(self, forward, images: Tensor, index: Tensor) -> None:
         for p, name in enumerate(P_TEST):
