@@ -94,14 +94,16 @@ class GeneratedCorruptions:
                 for c, s in torch.stack([corruption, severity], 1).unique(dim=0).tolist()
             ]
         pending: list[tuple[Tensor, Tensor, int, int]] = []  # corrupted images, their rows, pair
+        pending_images = 0
         for mask, c, s in jobs:
             rows = mask.nonzero().squeeze(1)
             generator = image_generator(images.device, self.seed, int(idx[rows[0]]), c * 8 + s)
             corrupted = corrupt(images[rows.to(images.device)], COMMON_CORRUPTIONS[c], s, generator)
             pending.append((corrupted, rows, c, s))
-            if sum(len(p[1]) for p in pending) >= len(images):
+            pending_images += len(rows)
+            if pending_images >= len(images):
                 self._score_corrupted(forward, pending, target)
-                pending = []
+                pending, pending_images = [], 0
         if pending:
             self._score_corrupted(forward, pending, target)
 
@@ -110,15 +112,14 @@ class GeneratedCorruptions:
     ) -> None:
         """One forward pass over the corrupted images of several (corruption, severity) groups
         (a group often holds one image: one pass each would run the model at batch size 1)."""
-        rows = torch.cat([p[1] for p in pending])
-        wrong = (
-            forward(torch.cat([p[0] for p in pending])).argmax(1) != target[rows.to(target.device)]
-        ).cpu()
-        sizes = torch.tensor([len(p[1]) for p in pending])
-        corruption = torch.tensor([C_NAMES.index(COMMON_CORRUPTIONS[p[2]]) for p in pending])
+        corrupted, rows, corruptions, severities = zip(*pending, strict=True)
+        rows = torch.cat(rows)
+        wrong = (forward(torch.cat(corrupted)).argmax(1) != target[rows.to(target.device)]).cpu()
+        sizes = torch.tensor([len(c) for c in corrupted])
+        names = torch.tensor([C_NAMES.index(COMMON_CORRUPTIONS[c]) for c in corruptions])
         self.records["c_wrong"].append(wrong)
-        self.records["c_corruption"].append(corruption.repeat_interleave(sizes))
-        self.records["c_severity"].append(torch.tensor([p[3] for p in pending]).repeat_interleave(sizes))
+        self.records["c_corruption"].append(names.repeat_interleave(sizes))
+        self.records["c_severity"].append(torch.tensor(severities).repeat_interleave(sizes))
 
     def collect_p(self, forward, images: Tensor, index: Tensor) -> None:
         for p, name in enumerate(P_TEST):

@@ -19,10 +19,13 @@ def expected_records(collector: GeneratedCorruptions, images, target, index, fin
     wrong, corruption, severity = [], [], []
     if final:
         keep = torch.isin(index, collector.grid)
-        groups = [(keep, c, s) for c in range(15) for s in range(1, 6)] if keep.any() else []
+        groups = (
+            [(keep, c, s) for c in range(len(COMMON_CORRUPTIONS)) for s in range(1, 6)] if keep.any() else []
+        )
     else:
         planned_c, planned_s = collector.plan[0][index], collector.plan[1][index]
-        groups = [((planned_c == c) & (planned_s == s), c, s) for c in range(15) for s in range(1, 6)]
+        pairs = [(c, s) for c in range(len(COMMON_CORRUPTIONS)) for s in range(1, 6)]
+        groups = [((planned_c == c) & (planned_s == s), c, s) for c, s in pairs]
     for mask, c, s in groups:
         rows = mask.nonzero().squeeze(1)
         if not len(rows):

@@ -73,10 +73,11 @@ def poisson_counts(x: Tensor, photons: int, generator: torch.Generator | None) -
     """
     level = x * 255
     rounded = level.round()
-    if x.numel() == 0 or level.sub_(rounded).abs_().max() > EIGHT_BIT_TOLERANCE:
-        return torch.poisson(x * photons, generator)
-    low, high = rounded.aminmax()
-    if low < 0 or high > 255:
+    on_grid = x.numel() > 0 and level.sub_(rounded).abs_().max() <= EIGHT_BIT_TOLERANCE
+    if on_grid:
+        low, high = rounded.aminmax()
+        on_grid = bool(low >= 0 and high <= 255)
+    if not on_grid:
         return torch.poisson(x * photons, generator)
     thresholds, aliases = _level_alias_tables(photons, x.device)
     outcomes = thresholds.shape[1]
