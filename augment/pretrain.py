@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -221,8 +222,8 @@ def _fit(
         if average is not None:
             average.update_parameters(net)
         steps += 1
-        bar.update(round(bar_offset + min(time.perf_counter() - start, seconds) - bar.n, 1))
-        bar.set_postfix_str(f"{type(net).__name__} loss {loss.item():.4f}")
+        bar.set_postfix_str(f"{type(net).__name__} loss {loss.item():.4f}", refresh=False)
+        bar.update(min(bar_offset + min(time.perf_counter() - start, seconds), bar.total) - bar.n)
         if done is not None and time.perf_counter() - start >= next_check:
             next_check += check_every_s
             if done(result.eval()):
@@ -310,7 +311,11 @@ def pretrain(
             "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}{postfix}]"
         )
         with tqdm(
-            total=budget_s, desc="pretrain DeepAugment nets", bar_format=bar_format, disable=not progress
+            total=budget_s,
+            desc="pretrain DeepAugment nets",
+            bar_format=bar_format,
+            disable=not progress,
+            mininterval=0.1 if sys.stderr.isatty() else 10.0,  # a log file gets a line per 10 s, not per step
         ) as bar:
             edsr_s, cae_s = EDSR_SHARE * budget_s, (1 - EDSR_SHARE) * budget_s
 
