@@ -54,19 +54,17 @@ CORRUPTION_NAMES: tuple[str, ...] = tuple(CORRUPTIONS)
 COMMON_CORRUPTIONS: tuple[str, ...] = CORRUPTION_NAMES[:15]
 EXTRA_CORRUPTIONS: tuple[str, ...] = CORRUPTION_NAMES[15:]
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
-CPU_CHUNK_ELEMENTS = 2**21
-"""On the CPU a batch is corrupted in chunks of about this many values (eight 224 px images, 8 MB
-in float32), whose intermediates stay in the last-level cache, each copied into the output while
-still cached. On the project's AMD EPYC VM (``python -m benchmarks.corruptions``, all 19 at 224 px)
-this takes 24.4 ms per image with one thread and 14.9-16.7 ms with two, against 25.7 and 22.1 ms in
-chunks of one image (2**18, tuned on a Xeon VM, where it beat whole batches of 64 by 1.6-2.7x).
-Fixed rather than scaled with the thread count, because the chunks decide the order of the random
-draws."""
-CPU_CHUNK_IMAGES = {"jpeg_compression": None, "zoom_blur": 16}
+CPU_CHUNK_ELEMENTS = 8 * 3 * 224 * 224
+"""On the CPU a batch is corrupted in chunks of about this many values (eight 224 px images,
+4.8 MB in float32), whose intermediates stay in the last-level cache, each copied into the
+output while still cached. On the project's AMD EPYC VM (all 19 at 224 px, 32 images, median of
+three passes) this takes 15.0 ms per image with two threads against 15.9 ms in chunks of 13
+images (2**21 values, used before), 15.8 ms in chunks of 4 and 18.2 ms for the whole batch; with one
+thread 25.4 ms against 26.4 (13 images) and 25.9 (4). Fixed rather than scaled with the thread count,
+because the chunks decide the order of the random draws."""
+CPU_CHUNK_IMAGES = {"jpeg_compression": None}
 """Corruptions whose CPU chunks are not ``CPU_CHUNK_ELEMENTS``: images per chunk, None for the
-whole batch. JPEG runs image by image anyway (a codec call); zoom blur folds its chunk into
-channels, where resizing vectorises (see ``blur.zoom_layers``), but slows past 16 images
-(30 ms per image at 64 against 10 ms, all five severities, one thread)."""
+whole batch. JPEG runs image by image anyway (a codec call)."""
 
 
 @torch.no_grad()

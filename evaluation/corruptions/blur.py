@@ -61,26 +61,23 @@ def motion_blur(x: Tensor, severity: int, generator: torch.Generator | None, sca
     return correlate(x, kernel, "replicate").clamp_(0, 1)
 
 
-def zoom_layers(x: Tensor, factors: list[float]) -> Tensor:
-    """Sum over ``factors`` of the image zoomed into its centre (bilinear), cropped top-left.
-
-    Every image gets the same zooms, so the batch is folded into channels of one channels-last
-    image: bilinear resizing vectorises over channels (on the CPU, 5x faster per image for
-    16 images folded than for one).
-    """
-    b, c, h, w = x.shape
-    folded = x.reshape(1, b * c, h, w).contiguous(memory_format=torch.channels_last)
-    total = torch.zeros_like(folded)
-    for factor in factors:
-        total += clipped_zoom(folded, factor)[..., :h, :w]
-    return total.reshape(b, c, h, w)
-
-
 def zoom_blur(x: Tensor, severity: int, generator: torch.Generator | None, scale: float) -> Tensor:
-    """Mean of the image and its zooms by 1, 1 + step, ... < 1.11 .. 1.31 (radial blur)."""
+    """Mean of the image and its zooms by 1, 1 + step, ... < 1.11 .. 1.31 (radial blur).
+
+    Zooms are bilinear resizes of the centre, cropped top-left (``clipped_zoom``); the zoom by 1
+    is the image itself, so it counts twice. Every image gets the same zooms, so the batch is
+    folded into the channels of one channels-last image, where resizing vectorises over
+    channels (on the CPU, 2.6x faster per image for 8 images folded than for 2), and the sum
+    is kept in that layout.
+    """
     stop, step = ZOOM[severity - 1]
     factors = np.arange(1, stop, step).tolist()
-    return ((x + zoom_layers(x, factors)) / (len(factors) + 1)).clamp_(0, 1)
+    b, c, h, w = x.shape
+    folded = x.reshape(1, b * c, h, w).contiguous(memory_format=torch.channels_last)
+    total = folded * 2
+    for factor in factors[1:]:
+        total += clipped_zoom(folded, factor)[..., :h, :w]
+    return total.div_(len(factors) + 1).clamp_(0, 1).reshape(b, c, h, w)
 
 
 @functools.lru_cache(maxsize=8)
