@@ -42,6 +42,7 @@ from evaluation.corruptions import (
 from evaluation.corruptions.__main__ import main as cli
 from evaluation.corruptions._ops import adjust_hsv, correlate, motion_kernel, plasma_fractal
 from evaluation.corruptions.blur import shuffle_sources
+from evaluation.corruptions.digital import affine_grid
 from evaluation.corruptions.jpeg import CHROMA_TABLE, LUMA_TABLE, quantization_table, tensor_round_trip
 from evaluation.corruptions.noise import poisson_counts
 from evaluation.corruptions.preview import sample_photos
@@ -575,3 +576,11 @@ def test_preview_cli_writes_a_grid(tmp_path, capsys):
     grid = Image.open(out)
     assert grid.size == (150 + 6 * 40, 20 + 2 * 19 * 40)
     assert "wrote" in capsys.readouterr().out
+
+
+def test_affine_grid_matches_torch():
+    """The elastic transform's broadcast affine grid equals ``F.affine_grid`` (align_corners=True)
+    on a non-square image, to float32 rounding."""
+    theta = torch.eye(2, 3) + 0.2 * torch.randn(4, 2, 3, generator=torch.Generator().manual_seed(0))
+    expected = F.affine_grid(theta, [4, 3, 20, 33], align_corners=True)
+    assert torch.allclose(affine_grid(theta, 20, 33), expected, atol=1e-6, rtol=0)

@@ -40,6 +40,22 @@ def jpeg_compression(x: Tensor, severity: int, generator: torch.Generator | None
     return jpeg_round_trip(x, JPEG_QUALITY[severity - 1])
 
 
+def affine_grid(theta: Tensor, h: int, w: int) -> Tensor:
+    """``F.affine_grid(theta, [B, C, h, w], align_corners=True)`` as broadcast sums: [B, h, w, 2].
+
+    theta [B, 2, 3] maps output pixel centres (x, y, 1) in [-1, 1] to sampling points. On the
+    CPU, affine_grid's batched product with an inner size of 3 costs more than the bilinear
+    sampling it feeds (0.45 against 0.40 ms per 224 px image, one thread).
+    """
+    xs = torch.linspace(-1, 1, w, device=theta.device, dtype=theta.dtype)
+    ys = torch.linspace(-1, 1, h, device=theta.device, dtype=theta.dtype)[:, None]
+    t = theta[:, :, :, None, None]  # [B, 2, 3, 1, 1]
+    grid = torch.empty(theta.shape[0], h, w, 2, device=theta.device, dtype=theta.dtype)
+    for axis in (0, 1):
+        torch.add(t[:, axis, 2] + t[:, axis, 1] * ys, t[:, axis, 0] * xs, out=grid[..., axis])
+    return grid
+
+
 def elastic_transform(x: Tensor, severity: int, generator: torch.Generator | None, scale: float) -> Tensor:
     """ImageNet-C's elastic transform: a random affine warp, then a smooth random displacement field.
 
@@ -68,13 +84,19 @@ def elastic_transform(x: Tensor, severity: int, generator: torch.Generator | Non
         [[2 / (w - 1), 0, -1], [0, 2 / (h - 1), -1], [0, 0, 1]], dtype=x.dtype, device=x.device
     )
     theta = (to_unit @ to_source.transpose(1, 2) @ torch.linalg.inv(to_unit))[:, :2]
-    grid = F.affine_grid(theta, [b, 3, h, w], align_corners=True)
+    grid = affine_grid(theta, h, w)
     warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
-    noise = 2 * rand((b, 2, h, w), x, generator) - 1
-    dx, dy = (alpha * gaussian_filter(noise, sigma, "symmetric", truncate=3.0)).unbind(1)
-    grid_x = (2 * (torch.arange(w, device=x.device) + dx) + 1) / w - 1
-    grid_y = (2 * (torch.arange(h, device=x.device)[:, None] + dy) + 1) / h - 1
-    grid = torch.stack([grid_x, grid_y], -1)
+    noise = rand((b, 2, h, w), x, generator).mul_(2).sub_(1)
+    field = gaussian_filter(noise, sigma, "symmetric", truncate=3.0)  # alpha * field: displacement in px
+    # pixel centre c + displacement d in grid_sample's units (align_corners=False): (2 (c + d) + 1) / size - 1
+    for axis, size in ((0, w), (1, h)):
+        centres = (2 * torch.arange(size, device=x.device, dtype=x.dtype) + 1) / size - 1
+        torch.add(
+            centres if axis == 0 else centres[:, None],
+            field[:, axis],
+            alpha=2 * alpha / size,
+            out=grid[..., axis],
+        )
     return F.grid_sample(
         warped, grid, mode="bilinear", padding_mode="reflection", align_corners=False
     ).clamp_(0, 1)
