@@ -77,7 +77,7 @@ class DeepAugment(RandomAugmentation):
             below the allocator's fresh-mapping size. Ignored on other devices (one pass).
         precision: arithmetic of the network passes: "fp32", "bf16" (weights are perturbed and per-image
             perturbations drawn in the networks' dtype, then cast), or "auto" = bf16 where it is fast (CUDA with
-            bf16, CPUs with AMX) and the networks are float32, their dtype elsewhere (see docs/deepaugment.md).
+            bf16, CPUs with AMX or AVX512-BF16) and the networks are float32, their dtype elsewhere (see docs/deepaugment.md).
         An empty option list switches that kind of perturbation off.
     """
 

@@ -96,7 +96,7 @@ class OptimConfig:
 class AugmentPretrainConfig:
     budget_s: float = 450.0  # cap of the built-in EDSR + CAE pretraining (EDSR stops at +1 dB; cached)
     max_images: int = 2048  # training images it uses
-    precision: str = "auto"  # training steps in bf16 where that is fast (CUDA, CPUs with AMX), else fp32
+    precision: str = "auto"  # bf16 steps where fast (CUDA, CPUs with AMX or AVX512-BF16), else fp32
 
 
 @dataclass
