@@ -41,7 +41,7 @@ from evaluation.corruptions import (
 )
 from evaluation.corruptions.__main__ import main as cli
 from evaluation.corruptions._ops import adjust_hsv, correlate, motion_kernel, plasma_fractal
-from evaluation.corruptions.blur import shuffle_sources
+from evaluation.corruptions.blur import chain_sources, shuffle_sources
 from evaluation.corruptions.digital import affine_grid
 from evaluation.corruptions.jpeg import CHROMA_TABLE, LUMA_TABLE, quantization_table, tensor_round_trip
 from evaluation.corruptions.noise import poisson_counts
@@ -584,3 +584,22 @@ def test_affine_grid_matches_torch():
     theta = torch.eye(2, 3) + 0.2 * torch.randn(4, 2, 3, generator=torch.Generator().manual_seed(0))
     expected = F.affine_grid(theta, [4, 3, 20, 33], align_corners=True)
     assert torch.allclose(affine_grid(theta, 20, 33), expected, atol=1e-6, rtol=0)
+
+
+def test_glass_chain_sources_equal_the_sequential_sweep():
+    """``chain_sources`` gives exactly the sources of the reference's sequential sweep (pixels
+    visited bottom-right to top-left, each copying its partner's current value), with partners
+    in the unvisited border and long chains included."""
+    size, max_delta = 12, 3
+    generator = torch.Generator().manual_seed(0)
+    inside = torch.zeros(size, size, dtype=torch.bool)
+    inside[max_delta + 1 : size - max_delta + 1, max_delta + 1 : size - max_delta + 1] = True
+    steps = torch.randint(-max_delta, max_delta, (4, size, size, 2), generator=generator)
+    steps[1, ..., 0] = 0  # one image of same-row steps: chains along the rows
+    offset = (steps[..., 0] * size + steps[..., 1]) * inside
+    offset = offset.reshape(4, -1)
+    for image, flat in zip(chain_sources(offset), offset, strict=True):
+        value = list(range(size * size))
+        for p in reversed(range(size * size)):
+            value[p] = value[p + int(flat[p])]
+        assert image.tolist() == value

@@ -97,19 +97,30 @@ def shuffle_sources(
     The reference visits pixels from bottom-right to top-left (skipping a ``max_delta`` border)
     and "swaps" each with the pixel at a uniform offset in ``[-max_delta, max_delta)`` per axis;
     because it swaps NumPy views, each visit in fact copies the partner's current value into the
-    visited pixel. A partner visited earlier (a later flat index) already holds its own copied
-    value, so a pixel's source is found by following partners while they point to
-    earlier-visited pixels: a pointer chain, resolved here in parallel by pointer doubling
-    (exact, O(log chain) gathers).
+    visited pixel; ``chain_sources`` resolves the copies in parallel (exact, O(log chain) gathers).
     """
     visited = visit_mask(height, width, max_delta, like.device)
     span = 2 * max_delta  # one draw picks the (row, column) step pair: span**2 equally likely
     pair = torch.arange(span * span, device=like.device)
     flat_steps = (pair // span - max_delta) * width + pair % span - max_delta
-    offset = flat_steps.take((rand((batch, height * width), like, generator) * span**2).long()) * visited
-    own = torch.arange(height * width, device=like.device)
-    partner = own + offset  # |column step| < width, so offset > 0 means later in raster order
-    parent = torch.where((offset > 0) & visited.expand(batch, -1).gather(1, partner), partner, own)
+    draw = torch.randint(span * span, (batch, height * width), generator=generator, device=like.device)
+    offset = flat_steps.take(draw).mul_(visited)  # |column step| < width: offset > 0 is later in raster order
+    if max_delta == 1:  # every step is (-1 or 0, -1 or 0): no partner is later in raster order
+        return torch.arange(height * width, device=like.device) + offset
+    return chain_sources(offset)
+
+
+def chain_sources(offset: Tensor) -> Tensor:
+    """Flat source index [B, N] after a reverse-raster sweep in which pixel ``p`` copies the current
+    value of pixel ``p + offset[p]`` (offset 0: unvisited, keeps its own), for flat offsets [B, N].
+
+    A partner later in raster order was visited earlier and holds what its own visit copied, so a
+    pixel's source is the partner at the end of the chain of later-in-order partners (an
+    unvisited one is its own partner); the chains are followed by pointer doubling.
+    """
+    own = torch.arange(offset.shape[-1], device=offset.device)
+    partner = own + offset
+    parent = own + offset.clamp(min=0)
     while True:
         grandparent = parent.gather(1, parent)
         if torch.equal(grandparent, parent):
