@@ -105,7 +105,7 @@ def shuffle_sources(
     flat_steps = (pair // span - max_delta) * width + pair % span - max_delta
     draw = torch.randint(span * span, (batch, height * width), generator=generator, device=like.device)
     offset = flat_steps.take(draw).mul_(visited)  # |column step| < width: offset > 0 is later in raster order
-    if max_delta == 1:  # every step is (-1 or 0, -1 or 0): no partner is later in raster order
+    if flat_steps.max() <= 0:  # max_delta 1: no step points later in raster order, so no chains
         return torch.arange(height * width, device=like.device) + offset
     return chain_sources(offset)
 

@@ -101,8 +101,8 @@ def libjpeg_round_trip(x: Tensor, quality: int) -> Tensor:
     laid out channels-last (libjpeg's pixel order), saving a transposing copy."""
     b, c, h, w = x.shape
     out = torch.empty(b, h, w, c, dtype=x.dtype)
-    scaled = torch.empty(h, w, c, dtype=x.dtype)  # H x W x 3, libjpeg's order: no copy in the encoder
-    pixels = torch.empty(h, w, c, dtype=torch.uint8)
+    scaled = torch.empty(h, w, c, dtype=x.dtype)
+    pixels = torch.empty(h, w, c, dtype=torch.uint8)  # H x W x 3, libjpeg's order: no copy in the encoder
     with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs in favour of torchcodec
         warnings.simplefilter("ignore", DeprecationWarning)
         for image, target in zip(x, out, strict=True):
