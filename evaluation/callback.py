@@ -69,8 +69,13 @@ class VariantEvaluator(L.Callback):
             (outputs[readable].detach().float().cpu(), batch[1][readable].cpu(), batch[2][readable].cpu())
         )
         if self.generated is not None and self.sources[dataloader_idx].key == VAL:
+
+            def forward(images: torch.Tensor) -> torch.Tensor:  # in the precision validation_step ran in
+                with trainer.precision_plugin.val_step_context():
+                    return pl_module.eval_forward(images)
+
             self.generated.collect(
-                pl_module.eval_forward,
+                forward,
                 batch[0][readable],
                 batch[1][readable],
                 batch[2][readable],

@@ -1,12 +1,24 @@
-"""The on-the-fly ImageNet-C collector batches its forward passes without changing what it records."""
+"""The on-the-fly ImageNet-C collector batches its forward passes without changing what it records,
+and runs them in the precision of the validation steps."""
 
 from __future__ import annotations
 
-import torch
+from pathlib import Path
 
+import lightning as L
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision.transforms.functional import to_tensor
+
+from evaluation.callback import VariantEvaluator
 from evaluation.corruptions import COMMON_CORRUPTIONS, corrupt
 from evaluation.generated import GeneratedCorruptions, image_generator
-from evaluation.suite import C_NAMES
+from evaluation.suite import C_NAMES, VAL, EvalSource, EvalSuite
+from evaluation.variants import get_variant
+from train.data.folder import ImageFolderDataset, scan_folder
+from train.heads import SoftmaxHead
 
 
 def mean_colour_logits(images: torch.Tensor) -> torch.Tensor:
@@ -64,3 +76,53 @@ def test_batched_c_scoring_records_what_scoring_each_group_alone_records():
             <= sum(calls) // len(images) + 1
             < len(set(zip(want[1].tolist(), want[2].tolist(), strict=True)))
         )
+
+
+class MeanColourClassifier(L.LightningModule):
+    """Logits from a linear map of the mean colour; keeps the dtype of every evaluation forward."""
+
+    num_classes = 20
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, self.num_classes)
+        self.head = SoftmaxHead()
+        self.output_dtypes: list[torch.dtype] = []
+
+    def eval_forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.linear(images.mean((2, 3)))
+        self.output_dtypes.append(logits.dtype)
+        return logits
+
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self.eval_forward(batch[0])
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("32-true", torch.float32), ("bf16-mixed", torch.bfloat16)])
+def test_generated_forwards_run_in_the_precision_of_the_validation_steps(
+    tmp_path: Path, bench_root: Path, precision: str, dtype: torch.dtype
+):
+    """Generated C and P are scored in the callback, outside ``validation_step``: under bf16-mixed
+    they must still run under the trainer's autocast, like the clean images they are compared with."""
+    classes = (bench_root / "classes.txt").read_text().split()
+    samples = scan_folder(bench_root / "val", classes)[:12]
+    dataset = ImageFolderDataset(samples, lambda image: to_tensor(image.resize((16, 16))))
+    variants = [get_variant("imagenet"), get_variant("imagenet-c-gen"), get_variant("imagenet-p")]
+    suite = EvalSuite([EvalSource(VAL, dataset, variants)], {})
+    generated = GeneratedCorruptions(len(dataset), grid_images=2, p_images=1)
+    evaluator = VariantEvaluator(suite, tmp_path, None, generated)
+    model = MeanColourClassifier()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        precision=precision,
+        callbacks=[evaluator],
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.validate(model, DataLoader(dataset, batch_size=6), verbose=False)
+    clean_passes = 2  # 12 images in batches of 6
+    assert len(model.output_dtypes) > clean_passes + len(COMMON_CORRUPTIONS)  # C grid and P passes ran
+    assert set(model.output_dtypes) == {dtype}
+    assert evaluator.results["val/imagenet-c-gen/n"] == 2 * 75 and evaluator.results["val/imagenet-p/n"] == 1
