@@ -25,6 +25,11 @@ class VariantEvaluator(L.Callback):
     ranks without duplicates (the loaders are unpadded shards), scores each variant with the
     model's head and logs ``val/<variant>/<metric>``. Rank 0 appends to ``history.csv``.
 
+    The final evaluation after fit (:meth:`plan_final`) carries over what the last evaluation
+    during fit already scored with the same weights: the outputs of every source it read in full
+    but val, and ImageNet-P's scores; val is always read again (the final ImageNet-C grid is made
+    from its images).
+
     Args:
         suite: evaluation sources, in the order of the module's validation dataloaders.
         run_dir: where ``history.csv`` is written.
@@ -47,10 +52,41 @@ class VariantEvaluator(L.Callback):
         self.outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
         self.results: dict[str, float] = {}
         self.last_outputs: dict[str, SourceOutput] = {}  # gathered logits of the last evaluation, per source
+        self.active: list[EvalSource] = list(self.sources)  # the sources of this pass's loaders, in order
+        self.carried: dict[str, SourceOutput] = {}  # outputs taken over unchanged by this pass
+        self.carried_scores: dict[str, float] = {}  # scores taken over unchanged (ImageNet-P)
+        self.fit_step: int | None = None  # global step of the last evaluation during fit
+        self.fit_complete: set[str] = set()  # the sources that evaluation read image for image
+
+    def plan_final(self, trainer: L.Trainer) -> list[EvalSource]:
+        """The sources the final evaluation must read; call before it. When the weights are those of
+        the last evaluation during fit (same global step, which fixes the EMA weights too), every
+        source but val that it read in full keeps its outputs, and ImageNet-P keeps its scores if
+        val was read in full (same weights, images and noise seeds: the same logits); otherwise
+        every source is read again."""
+        keys = {s.key for s in self.sources}
+        if self.fit_step != trainer.global_step or VAL not in keys:
+            self.active = list(self.sources)
+            return self.active
+        self.active = [s for s in self.sources if s.key == VAL or s.key not in self.fit_complete]
+        self.carried = {k: self.last_outputs[k] for k in self.fit_complete if k != VAL}
+        if VAL in self.fit_complete:
+            self.carried_scores = {k: v for k, v in self.results.items() if k.startswith("val/imagenet-p/")}
+        if trainer.is_global_zero:
+            carried = [v.name for s in self.sources if s.key in self.carried for v in s.variants]
+            carried += ["imagenet-p"] if self.carried_scores else []
+            read = [v.name for s in self.active for v in s.variants if v.name not in carried]
+            log.info(
+                "final evaluation: %s carried over from step %d; reading %s",
+                ", ".join(carried) or "nothing",
+                trainer.global_step,
+                ", ".join(read),
+            )
+        return self.active
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.outputs = {i: [] for i in range(len(self.sources))}
-        self.unreadable: dict[int, set[int]] = {i: set() for i in range(len(self.sources))}
+        self.outputs = {i: [] for i in range(len(self.active))}
+        self.unreadable: dict[int, set[int]] = {i: set() for i in range(len(self.active))}
         if self.generated is not None:
             self.generated.reset()
 
@@ -68,7 +104,7 @@ class VariantEvaluator(L.Callback):
         self.outputs[dataloader_idx].append(
             (outputs[readable].detach().float().cpu(), batch[1][readable].cpu(), batch[2][readable].cpu())
         )
-        if self.generated is not None and self.sources[dataloader_idx].key == VAL:
+        if self.generated is not None and self.active[dataloader_idx].key == VAL:
 
             def forward(images: torch.Tensor) -> torch.Tensor:  # in the precision validation_step ran in
                 with trainer.precision_plugin.val_step_context():
@@ -80,13 +116,15 @@ class VariantEvaluator(L.Callback):
                 batch[1][readable],
                 batch[2][readable],
                 final=trainer.state.fn == "validate",
+                sequences=not self.carried_scores,  # ImageNet-P's scores are not carried over
             )
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
-        outputs: dict[str, SourceOutput] = {}
-        for i, source in enumerate(self.sources):
+        outputs: dict[str, SourceOutput] = dict(self.carried)
+        complete = set()
+        for i, source in enumerate(self.active):
             parts = self.outputs.get(i) or [
                 (
                     torch.empty(0, pl_module.num_classes),
@@ -97,12 +135,17 @@ class VariantEvaluator(L.Callback):
             logits, target, index = (gather_concat(torch.cat(column)) for column in zip(*parts, strict=True))
             order = index.argsort()
             outputs[source.key] = SourceOutput(logits[order], target[order], index[order])
-            self.report_unreadable(trainer, source, self.unreadable[i])
+            unreadable = self.report_unreadable(trainer, source, self.unreadable[i])
+            if len(index) + unreadable == len(source.dataset):
+                complete.add(source.key)
         results = score_suite(self.suite, outputs, pl_module.head.probs, self.c_reference)
         if self.generated is not None:
             for name, scores in self.generated.compute(clean_error(outputs), self.c_reference).items():
                 results.update({f"val/{name}/{metric}": value for metric, value in scores.items()})
-        self.outputs = {}
+        results.update(self.carried_scores)
+        if trainer.state.fn == "fit":
+            self.fit_step, self.fit_complete = trainer.global_step, complete
+        self.outputs, self.active, self.carried, self.carried_scores = {}, list(self.sources), {}, {}
         self.last_outputs = outputs
         self.results = results
         pl_module.log_dict(
@@ -111,14 +154,16 @@ class VariantEvaluator(L.Callback):
         if trainer.is_global_zero:
             self.append_history(trainer, results)
 
-    def report_unreadable(self, trainer: L.Trainer, source: EvalSource, indices: set[int]) -> None:
-        """Rank 0 lists the unreadable images of a source (gathered from all ranks) in the run dir."""
+    def report_unreadable(self, trainer: L.Trainer, source: EvalSource, indices: set[int]) -> int:
+        """Rank 0 lists the unreadable images of a source (gathered from all ranks) in the run dir;
+        returns their number."""
         parts = gather_objects(indices)
         found = sorted(set().union(*parts))
         if found and trainer.is_global_zero:
             log.warning("%d unreadable images in %s excluded from its scores", len(found), source.key)
             with (self.history_path.parent / "unreadable_eval_files.txt").open("a") as handle:
                 handle.writelines(f"{source.key}\t{source.dataset.samples[i].path}\n" for i in found)
+        return len(found)
 
     def append_history(self, trainer: L.Trainer, results: dict[str, float]) -> None:
         """One row per variant with its metrics, tagged with epoch, step and phase."""

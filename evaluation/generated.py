@@ -73,12 +73,15 @@ class GeneratedCorruptions:
         self.records = {k: [] for k in ("c_wrong", "c_corruption", "c_severity", *sequences)}
 
     @torch.no_grad()
-    def collect(self, forward, images: Tensor, target: Tensor, index: Tensor, final: bool) -> None:
-        """Corrupt this val batch ([B,3,H,W] in [0,1], dataset indices ``index``) and record predictions."""
+    def collect(
+        self, forward, images: Tensor, target: Tensor, index: Tensor, final: bool, sequences: bool = True
+    ) -> None:
+        """Corrupt this val batch ([B,3,H,W] in [0,1], dataset indices ``index``) and record predictions
+        (ImageNet-P's only with ``sequences``)."""
         if self.score_c:
             self.collect_c(forward, images, target, index, final)
         chosen = torch.isin(index.cpu(), self.p_subset)
-        if chosen.any():
+        if sequences and chosen.any():
             self.collect_p(forward, images[chosen.to(images.device)], index[chosen.to(index.device)])
 
     def collect_c(self, forward, images: Tensor, target: Tensor, index: Tensor, final: bool) -> None:

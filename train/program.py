@@ -200,6 +200,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
     with phases("train"):
         trainer.fit(module, datamodule=data, ckpt_path=str(resume_from) if resume_from else None)
     with phases("final_eval"):
+        data.eval_sources = evaluator.plan_final(trainer)  # what the last epoch scored is carried over
         trainer.validate(module, datamodule=data, verbose=False)
     results = {**evaluator.results, "experiment": conf.experiment}
     if trainer.is_global_zero:
