@@ -212,23 +212,60 @@ def test_sigusr1_saves_requeues_and_the_requeued_job_resumes(
     assert len(runs) == 2 and all(p.name.endswith(run_id) for p in runs)  # the same W&B run, resumed
 
 
-def test_resume_takes_the_newest_checkpoint_and_only_when_resuming_or_on_slurm(
+def test_requeued_job_trains_every_step_when_the_signal_came_between_two_epochs(
+    tmp_path: Path, bench_root: Path, cache_dir: Path
+):
+    """An hpc checkpoint saved as the next epoch was readied (Lightning: ``epoch_progress`` ready
+    ahead of started), at the step of the epoch-end ``last.ckpt``: Lightning would restore it into
+    an epoch run without batches (16 of 24 steps); the requeued job resumes from ``last.ckpt``."""
+    env = slurm_env(tmp_path, cache_dir, "4343")
+    command = [
+        sys.executable, "-m", "train", *TINY, "trainer.limit_train_batches=8", "eval=clean",
+        f"data.root={bench_root}", "trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    run_dir = tmp_path / "outputs" / "default" / "slurm-4343"
+    subprocess.run([*command, "trainer.max_epochs=1"], cwd=tmp_path, env=env, check=True, capture_output=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    assert state["global_step"] == 8
+    progress = state["loops"]["fit_loop"]["epoch_progress"]
+    for counters in (progress["total"], progress["current"]):  # the next epoch readied, not started
+        counters.update(ready=2, started=1, processed=1, completed=1)
+    state["epoch"] = 1
+    torch.save(state, run_dir / "hpc_ckpt_1.ckpt")  # newer than last.ckpt, same step
+    (run_dir / "metrics.json").unlink()
+    again = subprocess.run(
+        [*command, "trainer.max_epochs=3"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert again.returncode == 0, again.stderr[-5000:]
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 24
+    assert f"Restoring states from the checkpoint path at {last}" in again.stdout + again.stderr
+
+
+def test_resume_takes_the_furthest_checkpoint_and_only_when_resuming_or_on_slurm(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     for key in [k for k in os.environ if k.startswith("SLURM_")]:
         monkeypatch.delenv(key)
     (tmp_path / "checkpoints").mkdir()
     last, hpc = tmp_path / "checkpoints" / "last.ckpt", tmp_path / "hpc_ckpt_1.ckpt"
-    last.write_bytes(b"")
-    hpc.write_bytes(b"")
-    os.utime(hpc, ns=(1_000, 1_000))
-    os.utime(last, ns=(2_000, 2_000))
+
+    def save(path: Path, step: int, mtime: int) -> None:
+        torch.save({"global_step": step, "state_dict": {"w": torch.zeros(3)}}, path)
+        os.utime(path, ns=(mtime, mtime))
+
+    save(hpc, 8, 1_000)
+    save(last, 16, 2_000)
     assert resume_checkpoint(tmp_path, resume=False) is None
     assert resume_checkpoint(tmp_path, resume=True) == last  # an older hpc_ckpt is not reloaded
     monkeypatch.setenv("SLURM_NTASKS", "1")
     monkeypatch.setenv("SLURM_JOB_NAME", "train")
-    os.utime(hpc, ns=(3_000, 3_000))
+    save(hpc, 20, 3_000)
     assert resume_checkpoint(tmp_path, resume=False) == hpc  # a requeued job, no resume= needed
+    save(hpc, 16, 4_000)  # written between two epochs, after last.ckpt: same step
+    assert resume_checkpoint(tmp_path, resume=False) == last
+    save(last, 12, 5_000)  # newer but fewer steps (a restarted run would not write it; still: steps win)
+    assert resume_checkpoint(tmp_path, resume=False) == hpc
     assert resume_checkpoint(tmp_path / "elsewhere", resume=False) is None
 
 

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import OmegaConf
@@ -55,19 +56,28 @@ def cluster_plugins() -> list[Any]:
 
 
 def resume_checkpoint(run_dir: Path, resume: bool) -> Path | None:
-    """The checkpoint to continue from: the newest of ``checkpoints/last.ckpt`` and Lightning's
-    ``hpc_ckpt_<n>.ckpt`` in ``run_dir``, when resuming (``resume=``) or when a SLURM job finds
-    checkpoints in its folder (a requeued job). ``None``: start from scratch.
+    """The checkpoint to continue from: of ``checkpoints/last.ckpt`` and Lightning's
+    ``hpc_ckpt_<n>.ckpt`` in ``run_dir``, the one with the most training steps, and on a tie the
+    epoch-end ``last.ckpt``; only when resuming (``resume=``) or when a SLURM job finds checkpoints
+    in its folder (a requeued job). ``None``: start from scratch.
 
-    Passing this path explicitly also stops Lightning from picking an older ``hpc_ckpt`` on its
-    own when the job was requeued for another reason after later epoch checkpoints were written.
+    The tie matters: SIGUSR1 can land between two epochs, after ``last.ckpt`` was written, and an
+    ``hpc_ckpt`` saved there (same weights, same step) restores a fit loop that has readied the next
+    epoch but not started it, from which Lightning runs that epoch without a batch (a 3-epoch run
+    trained 16 of its 24 steps). Passing the path explicitly also stops Lightning from picking an
+    older ``hpc_ckpt`` on its own when the job was requeued for another reason after later epoch
+    checkpoints were written.
     """
     if not (resume or on_slurm()):
         return None
-    found = [
-        p for p in (run_dir / "checkpoints" / "last.ckpt", *run_dir.glob(HPC_CHECKPOINT_GLOB)) if p.is_file()
-    ]
-    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+    last = run_dir / "checkpoints" / "last.ckpt"
+    found = [p for p in (last, *run_dir.glob(HPC_CHECKPOINT_GLOB)) if p.is_file()]
+    return max(found, key=lambda p: (saved_step(p), p == last, p.stat().st_mtime_ns)) if found else None
+
+
+def saved_step(checkpoint: Path) -> int:
+    """The ``global_step`` a Lightning checkpoint was saved at (its tensors are memory-mapped, not read)."""
+    return int(torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)["global_step"])
 
 
 def is_rank_zero() -> bool:
