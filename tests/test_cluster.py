@@ -202,9 +202,11 @@ def test_sigusr1_saves_requeues_and_the_requeued_job_resumes(
     assert 8 <= saved_step < 24
     assert not (run_dir / "metrics.json").exists()
 
+    last_step = torch.load(epoch_checkpoint, map_location="cpu", weights_only=False)["global_step"]
     again = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-5000:]
-    assert f"Restoring states from the checkpoint path at {hpc}" in again.stdout + again.stderr
+    restored = hpc if saved_step > last_step else epoch_checkpoint  # a tie: the epoch-end checkpoint
+    assert f"Restoring states from the checkpoint path at {restored}" in again.stdout + again.stderr
     final = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert final["global_step"] == 24 and (run_dir / "metrics.json").is_file()
     run_id = (run_dir / "wandb_run_id.txt").read_text().strip()
