@@ -226,7 +226,14 @@ def test_requeued_job_trains_every_step_when_the_signal_came_between_two_epochs(
         f"data.root={bench_root}", "trainer.enable_progress_bar=false",
     ]  # fmt: skip
     run_dir = tmp_path / "outputs" / "default" / "slurm-4343"
-    subprocess.run([*command, "trainer.max_epochs=1"], cwd=tmp_path, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [*command, "trainer.max_epochs=1"],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     last = run_dir / "checkpoints" / "last.ckpt"
     state = torch.load(last, map_location="cpu", weights_only=False)
     assert state["global_step"] == 8
@@ -266,7 +273,7 @@ def test_resume_takes_the_furthest_checkpoint_and_only_when_resuming_or_on_slurm
     assert resume_checkpoint(tmp_path, resume=False) == hpc  # a requeued job, no resume= needed
     save(hpc, 16, 4_000)  # written between two epochs, after last.ckpt: same step
     assert resume_checkpoint(tmp_path, resume=False) == last
-    save(last, 12, 5_000)  # newer but fewer steps (a restarted run would not write it; still: steps win)
+    save(last, 12, 5_000)  # the newer file holds fewer steps: steps decide, not modification times
     assert resume_checkpoint(tmp_path, resume=False) == hpc
     assert resume_checkpoint(tmp_path / "elsewhere", resume=False) is None
 
