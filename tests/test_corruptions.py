@@ -10,6 +10,7 @@ and, for the deterministic corruptions, pixel by pixel (PSNR).
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib.util
 import io
 import math
@@ -31,6 +32,8 @@ from skimage.metrics import structural_similarity
 from evaluation.corruptions import (
     COMMON_CORRUPTIONS,
     CORRUPTION_NAMES,
+    CPU_CHUNK_ELEMENTS,
+    CPU_CONCURRENT_CORRUPTIONS,
     EXTRA_CORRUPTIONS,
     NOISE_PERTURBATIONS,
     PERTURBATIONS,
@@ -392,6 +395,26 @@ def test_corruption_contract(name):
     assert torch.equal(batch, before)
     half = corrupt(batch.to(torch.bfloat16), name, 3, torch.Generator().manual_seed(0))
     assert half.dtype == torch.bfloat16 and half.shape == batch.shape
+
+
+@pytest.mark.parametrize("name", sorted(CPU_CONCURRENT_CORRUPTIONS))
+def test_concurrent_cpu_chunks_draw_the_same_for_any_thread_count(name):
+    """Chunks corrupted on two threads, each with its own generator, give the one-thread output
+    exactly; a copy of an image in another chunk gets other draws; the caller keeps its threads
+    and gets no autograd graph."""
+    photos = sample_photos(224)
+    batch = photos[torch.arange(CPU_CHUNK_ELEMENTS // photos[0].numel() + 1) % len(photos)]  # 2 chunks
+    outputs = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        outputs[threads] = corrupt(batch.requires_grad_(), name, 3, torch.Generator().manual_seed(5))
+        with concurrent.futures.ThreadPoolExecutor(1) as fresh:  # a thread started after the call
+            in_new_thread = fresh.submit(torch.get_num_threads).result()
+        assert torch.get_num_threads() == threads and in_new_thread == threads
+    torch.set_num_threads(1)
+    assert torch.equal(outputs[1], outputs[2])
+    assert outputs[2].grad_fn is None and not outputs[2].requires_grad
+    assert not torch.equal(outputs[2][0], outputs[2][-1]), "the two chunks drew the same noise"
 
 
 def test_default_scale_keeps_the_224_px_look():
