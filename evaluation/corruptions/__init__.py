@@ -66,9 +66,9 @@ because the chunks decide the order of the random draws."""
 CPU_CONCURRENT_CORRUPTIONS = frozenset(
     {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "spatter", "elastic_transform", "fog"}
 )
-"""Corruptions whose CPU chunks run concurrently, one per thread, each drawing from a generator
-of its own: they are bound by torch's CPU generator, which is sequential, so intra-op threads
-leave a core waiting while it draws. On the AMD EPYC VM with two threads (32 images of 224 px,
+"""Corruptions whose CPU chunks run concurrently (up to one per torch thread, sharing the
+threads), each drawing from a generator of its own: they are bound by torch's CPU generator,
+which is sequential, so intra-op threads leave a core waiting while it draws. On the AMD EPYC VM with two threads (32 images of 224 px,
 medians of four interleaved passes) this made gaussian_noise 1.9x, speckle_noise 1.7x,
 shot_noise 1.6x, impulse_noise 1.5x, spatter 1.3x, elastic_transform and fog 1.2x as fast;
 the other corruptions ran 0.7-1.0x as fast that way, so they keep intra-op threads."""

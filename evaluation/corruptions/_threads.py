@@ -1,4 +1,4 @@
-"""Run independent CPU tasks on torch's threads, one intra-op thread each.
+"""Run independent CPU tasks concurrently, sharing torch's intra-op threads between them.
 
 For work bound by torch's CPU generator, which draws sequentially: two chunks drawing from two
 generators on two threads keep both cores busy, where intra-op threads leave one waiting.
@@ -24,22 +24,24 @@ def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
 
 
 def run_on_cpu_threads(tasks: Sequence[Callable[[], None]]) -> None:
-    """Call every task once, spread over ``torch.get_num_threads()`` threads, each running torch
-    ops single-threaded under ``torch.no_grad``; in the calling thread when there is one thread or
-    one task. Returns when all have finished; the first exception is raised after that."""
+    """Call every task once, on min(tasks, ``torch.get_num_threads()``) threads that share torch's
+    threads between them (one intra-op thread each on a 2-core machine), under ``torch.no_grad``;
+    in the calling thread when there is one thread or one task. Returns when all have finished;
+    the first exception is raised after that."""
     threads = torch.get_num_threads()
-    if threads == 1 or len(tasks) == 1:
+    workers = min(threads, len(tasks))
+    if workers == 1:
         for task in tasks:
             task()
         return
 
-    def single_threaded(task: Callable[[], None]) -> None:
-        torch.set_num_threads(1)  # this thread's OpenMP setting (and torch's default for new threads)
+    def with_share_of_threads(task: Callable[[], None]) -> None:
+        torch.set_num_threads(threads // workers)  # this thread's OpenMP setting (and torch's default)
         with torch.no_grad():
             task()
 
-    futures = [_pool(min(threads, len(tasks))).submit(single_threaded, task) for task in tasks]
+    futures = [_pool(workers).submit(with_share_of_threads, task) for task in tasks]
     concurrent.futures.wait(futures)
-    torch.set_num_threads(threads)  # restores torch's default, which the workers set to 1
+    torch.set_num_threads(threads)  # torch's default for new threads, which the workers changed
     for future in futures:
         future.result()
