@@ -68,10 +68,11 @@ CPU_CONCURRENT_CORRUPTIONS = frozenset(
 )
 """Corruptions whose CPU chunks run concurrently (up to one per torch thread, sharing the
 threads), each drawing from a generator of its own: they are bound by torch's CPU generator,
-which is sequential, so intra-op threads leave a core waiting while it draws. On the AMD EPYC VM with two threads (32 images of 224 px,
-medians of four interleaved passes) this made gaussian_noise 1.9x, speckle_noise 1.7x,
-shot_noise 1.6x, impulse_noise 1.5x, spatter 1.3x, elastic_transform and fog 1.2x as fast;
-the other corruptions ran 0.7-1.0x as fast that way, so they keep intra-op threads."""
+which is sequential, so intra-op threads leave a core waiting while it draws. On the AMD EPYC
+VM with two threads (32 images of 224 px, medians of four interleaved passes) this made
+gaussian_noise 1.9x, speckle_noise 1.7x, shot_noise 1.6x, impulse_noise 1.5x, spatter 1.3x,
+elastic_transform and fog 1.2x as fast; the other corruptions ran 0.7-1.0x as fast that way,
+so they keep intra-op threads."""
 CPU_CHUNK_IMAGES = {"jpeg_compression": None}
 """Corruptions whose CPU chunks are not ``CPU_CHUNK_ELEMENTS``: images per chunk, None for the
 whole batch. JPEG runs image by image anyway (a codec call)."""
