@@ -73,10 +73,17 @@ def compose_config(args: list[str]) -> DictConfig:
 
     Raises:
         FileNotFoundError: ``checkpoint=`` names a missing file.
+        ValueError: a ``hydra.*`` override, which composition would ignore.
     """
     register_configs()
     overrides = OverridesParser.create().parse_overrides(args)
     given = {o.key_or_group: o for o in overrides}
+    for key in given:
+        if key.split(".")[0].split("/")[0] == "hydra":
+            raise ValueError(
+                f"{key} has no effect on `python -m evaluation` (it composes its config without Hydra's job "
+                f"runner): choose the results folder with output_dir=<folder>"
+            )
     extra: list[str] = []
     if "checkpoint" in given and given["checkpoint"].value() not in (None, "null"):
         checkpoint = Path(str(given["checkpoint"].value()))

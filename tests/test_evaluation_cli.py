@@ -322,4 +322,6 @@ def test_bad_input_stops_with_one_line(tmp_path: Path, bad_run: Path, bench_root
     line = error_line([f"checkpoint={weights}", "model.name=test_resnet", *data], capsys)
     assert "is not a `python -m train` checkpoint" in line
     assert "data.bogus" in error_line(["data.bogus=1", out], capsys)
+    line = error_line([f"hydra.run.dir={tmp_path / 'out'}", *data], capsys)  # train's way to name the folder
+    assert "hydra.run.dir has no effect" in line and "output_dir=<folder>" in line
     assert not (tmp_path / "out").exists()  # stopped before writing anything
