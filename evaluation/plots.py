@@ -31,8 +31,14 @@ def reliability(ax: plt.Axes, confidence: Tensor, correct: Tensor, title: str) -
     hits = torch.bincount(bins, weights=correct.double(), minlength=N_BINS)
     accuracy = torch.where(count > 0, hits / count.clamp_min(1), torch.nan)
     centres = (edges[:-1] + edges[1:]) / 2
-    ax.bar(
-        centres, accuracy, width=1 / N_BINS, edgecolor="black", color="tab:blue", alpha=0.8, label="accuracy"
+    ax.bar(  # NumPy arrays: matplotlib's unit conversion of tensors trips NumPy 2's __array_wrap__ deprecation
+        centres.numpy(),
+        accuracy.numpy(),
+        width=1 / N_BINS,
+        edgecolor="black",
+        color="tab:blue",
+        alpha=0.8,
+        label="accuracy",
     )
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
