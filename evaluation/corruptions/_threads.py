@@ -31,13 +31,14 @@ def run_on_cpu_threads(tasks: Sequence[Callable[[], None]]) -> None:
     threads = torch.get_num_threads()
     workers = min(threads, len(tasks))
     if workers == 1:
-        for task in tasks:
-            task()
+        with torch.no_grad():
+            for task in tasks:
+                task()
         return
 
     def with_share_of_threads(task: Callable[[], None]) -> None:
         torch.set_num_threads(threads // workers)  # this thread's OpenMP setting (and torch's default)
-        with torch.no_grad():
+        with torch.no_grad():  # grad mode is per thread: the caller's does not reach a worker
             task()
 
     futures = [_pool(workers).submit(with_share_of_threads, task) for task in tasks]
