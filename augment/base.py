@@ -74,6 +74,13 @@ def check_probability(value: float, name: str) -> float:
     return value
 
 
+def check_positive(value: int, name: str) -> int:
+    """``value`` as an int >= 1, else a ValueError naming ``name``."""
+    if int(value) < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
 class RandomAugmentation(nn.Module):
     """Base class holding the host and device generators of an augmentation (see the module docstring)."""
 

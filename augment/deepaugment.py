@@ -29,6 +29,7 @@ from augment.base import (
     RandomAugmentation,
     check_images,
     check_options,
+    check_positive,
     check_precision,
     check_probability,
     network_dtype,
@@ -105,12 +106,8 @@ class DeepAugment(RandomAugmentation):
         self.p_cae = check_probability(p_cae, "p_cae")
         if self.p_edsr + self.p_cae > 1 + 1e-9:
             raise ValueError(f"p_edsr + p_cae must be <= 1, got {self.p_edsr} + {self.p_cae}")
-        if int(images_per_network) < 1:
-            raise ValueError(f"images_per_network must be >= 1, got {images_per_network}")
-        self.images_per_network = int(images_per_network)
-        if int(cpu_pass_pixels) < 1:
-            raise ValueError(f"cpu_pass_pixels must be >= 1, got {cpu_pass_pixels}")
-        self.cpu_pass_pixels = int(cpu_pass_pixels)
+        self.images_per_network = check_positive(images_per_network, "images_per_network")
+        self.cpu_pass_pixels = check_positive(cpu_pass_pixels, "cpu_pass_pixels")
         self.precision = check_precision(precision)
         if cae_size is not None and (int(cae_size) < MIN_CAE_SIZE or int(cae_size) % 4):
             raise ValueError(

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import Generator, Tensor
 
-from augment.base import RandomAugmentation, check_images, check_probability
+from augment.base import RandomAugmentation, check_images, check_positive, check_probability
 from augment.grouped import per_sample_conv2d
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -51,12 +51,12 @@ def _norm_(x: Tensor, relu: bool = True) -> Tensor:
     return x.relu_() if relu else x
 
 
-def _expand_norm_relu(z: Tensor, weight: Tensor, out: Tensor) -> Tensor:
-    """ReLU(instance_norm(1x1 conv of z)) written group-major into ``out``.
+def _expand_affine(z: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """The 1x1 conv of z [m, 3, H, W] by weight [m, P, 3] with its instance norm folded in.
 
-    z [m, 3, H, W], weight [m, G * w, 3] -> out [G, m, w, H, W] (group g holds output channels g*w .. g*w + w - 1,
-    contiguous). The norm's statistics follow from z's per-image mean and 3x3 covariance, so they are folded into
-    the conv's weight and bias: matrix products write the normalised tensor directly.
+    Returns (affine [m, P, 4], inputs [m, 4, H * W]): ``bmm(affine[:, rows], inputs)`` is the normalised output
+    of those channels. The norm's statistics follow from z's per-image mean and 3x3 covariance, so the expanded
+    tensor is written once, already normalised.
     """
     m, c, h, w = z.shape
     flat = z.reshape(m, c, h * w)
@@ -65,11 +65,8 @@ def _expand_norm_relu(z: Tensor, weight: Tensor, out: Tensor) -> Tensor:
     cov = torch.bmm(centred, centred.transpose(1, 2)) / (h * w)  # [m, 3, 3], biased
     var = torch.einsum("moc,mcd,mod->mo", weight, cov, weight)
     scaled = weight * (var + 1e-5).rsqrt().unsqueeze(2)
-    affine = torch.cat([scaled, -torch.bmm(scaled, mean)], dim=2)  # [m, G * w, 4]: weight | bias
-    inputs = torch.cat([flat, torch.ones_like(flat[:, :1])], dim=1)
-    for group, part in zip(out, affine.split(out.shape[2], dim=1), strict=True):
-        torch.bmm(part, inputs, out=group.view(m, -1, h * w))
-    return out.relu_()
+    affine = torch.cat([scaled, -torch.bmm(scaled, mean)], dim=2)  # weight | bias
+    return affine, torch.cat([flat, torch.ones_like(flat[:, :1])], dim=1)
 
 
 class ConvGroup(NamedTuple):
@@ -87,38 +84,51 @@ class BlockParams(NamedTuple):
     convs: list[list[ConvGroup]]  # scale - 1 hierarchical convs
     project: Tensor  # [m, 3, scale * width] 1x1 conv
 
+    def narrow(self, start: int, stop: int) -> BlockParams:
+        """The weights of images start .. stop - 1, renumbered from 0."""
+        convs = []
+        for variants in self.convs:
+            convs.append([])
+            for rows, weight, dilation in variants:
+                keep = (rows >= start) & (rows < stop)
+                if keep.any():
+                    convs[-1].append(ConvGroup(rows[keep] - start, weight[keep], dilation))
+        return BlockParams(self.expand[start:stop], convs, self.project[start:stop])
 
-def res2net_block(z: Tensor, params: BlockParams, expanded: Tensor | None = None) -> Tensor:
+
+def res2net_block(z: Tensor, params: BlockParams, scratch: Tensor | None = None) -> Tensor:
     """Apply per-sample random Res2Net blocks: z [m, 3, H, W] -> [m, 3, H, W], each channel normalised per image.
 
-    ``expanded`` [scale, m, width, H, W] is scratch space that is overwritten; passing the same one to every block
-    saves re-allocating (on the CPU: page-faulting) the largest tensor. Each group's running sum is formed in
-    place, hierarchical conv outputs of mixed kernel variants are written back into it, and the final 1x1 conv
-    sums over the groups, so the block needs no concatenation.
+    The groups are made one at a time -- expansion (normalised, ReLU), plus the previous group's output, conv,
+    norm, ReLU, and at once summed into the final 1x1 conv -- so one group's tensors [m, width, H, W] are all
+    that is live (cache-sized on a CPU for one 224 px image) and no concatenation is needed. ``scratch``
+    [2, m, width, H * W] holds the groups' inputs (overwritten; passing the same one to every block saves
+    re-allocating it).
     """
     m, _, h, w = z.shape
     scale = len(params.convs) + 1
     width = params.expand.shape[1] // scale
-    if expanded is None:
-        expanded = z.new_empty(scale, m, width, h, w)
-    groups_in = _expand_norm_relu(z, params.expand, expanded)
-    outs = []
-    for sp, variants in zip(groups_in[:-1], params.convs, strict=True):
-        if outs:
-            sp.add_(outs[-1])
-        if len(variants) == 1:
-            rows, weight, dilation = variants[0]
-            out = per_sample_conv2d(sp, weight, dilation)
-        else:  # rows of different variants are disjoint: writing one variant's rows never changes another's input
-            for rows, weight, dilation in variants:
-                sp.index_copy_(0, rows, per_sample_conv2d(sp.index_select(0, rows), weight, dilation))
-            out = sp
-        outs.append(_norm_(out))
-    outs.append(groups_in[-1])
-    project = params.project.split(width, dim=2)
-    y = torch.bmm(project[0], outs[0].view(m, width, h * w))
-    for weight, group in zip(project[1:], outs[1:], strict=True):
-        y = torch.baddbmm(y, weight, group.view(m, width, h * w))  # (3 channels; FLOP counters see it)
+    if scratch is None:
+        scratch = z.new_empty(2, m, width, h * w)
+    affine, inputs = _expand_affine(z, params.expand)
+    y = prev = None
+    projects = params.project.split(width, 2)
+    for g, (expand, project) in enumerate(zip(affine.split(width, 1), projects, strict=True)):
+        sp = torch.bmm(expand, inputs, out=scratch[g % 2]).relu_().view(m, width, h, w)
+        if g < scale - 1:
+            if prev is not None:
+                sp.add_(prev)
+            variants = params.convs[g]
+            if len(variants) == 1:
+                rows, weight, dilation = variants[0]
+                out = per_sample_conv2d(sp, weight, dilation)
+            else:  # rows of different variants are disjoint: writing one variant's rows never changes another's input
+                for rows, weight, dilation in variants:
+                    sp.index_copy_(0, rows, per_sample_conv2d(sp.index_select(0, rows), weight, dilation))
+                out = sp
+            sp = prev = _norm_(out)
+        group = sp.view(m, width, h * w)  # into the final 1x1 conv, summed over the groups
+        y = torch.bmm(project, group) if y is None else torch.baddbmm(y, project, group)
     return _norm_(y.view(m, 3, h, w), relu=False)
 
 
@@ -132,6 +142,9 @@ class Noise2Net(RandomAugmentation):
         scale: number of Res2Net groups (reference: 4).
         num_blocks: blocks applied in sequence (reference: 4).
         seed: seed of the generators (see :mod:`augment.base`).
+        cpu_pass_pixels: on a CPU, at most this many pixels per pass (default: one 224 px image); larger batches
+            run in sub-batches with the same result, which keeps a group's tensors in cache. Ignored on other
+            devices (one pass).
     """
 
     def __init__(
@@ -142,6 +155,7 @@ class Noise2Net(RandomAugmentation):
         scale: int = 4,
         num_blocks: int = 4,
         seed: int = 0,
+        cpu_pass_pixels: int = 224 * 224,
     ) -> None:
         super().__init__(seed)
         self.p = check_probability(p, "p")
@@ -152,6 +166,7 @@ class Noise2Net(RandomAugmentation):
                 f"need hidden_planes >= 1, scale >= 2, num_blocks >= 1; got {hidden_planes}, {scale}, {num_blocks}"
             )
         self.max_eps = float(max_eps)
+        self.cpu_pass_pixels = check_positive(cpu_pass_pixels, "cpu_pass_pixels")
         self.hidden_planes, self.scale, self.num_blocks = int(hidden_planes), int(scale), int(num_blocks)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -173,14 +188,22 @@ class Noise2Net(RandomAugmentation):
 
     def _perturb(self, x: Tensor) -> Tensor:
         host, _ = self.generators()
-        m = x.shape[0]
+        m, _, h, w = x.shape
         eps = torch.rand(m, generator=host) * (self.max_eps / 2) + self.max_eps / 2
         eps = eps.to(x.device, non_blocking=True).view(-1, 1, 1, 1)
         z = (x - self.mean) / self.std
-        expanded = z.new_empty(self.scale, m, self.hidden_planes, *z.shape[2:])
-        for _ in range(self.num_blocks):
-            z = torch.addcmul(z, eps, res2net_block(z, self.sample_block(m, z), expanded))
-        return (z * self.std + self.mean).clamp(0, 1)
+        blocks = [self.sample_block(m, z) for _ in range(self.num_blocks)]
+        per_pass = max(1, self.cpu_pass_pixels // (h * w)) if z.device.type == "cpu" else m
+        scratch = z.new_empty(2, min(per_pass, m), self.hidden_planes, h * w)
+        out = torch.empty_like(z)
+        for start in range(0, m, per_pass):
+            stop = min(start + per_pass, m)
+            zs = z[start:stop]
+            for params in blocks:
+                part = params if per_pass >= m else params.narrow(start, stop)
+                zs = torch.addcmul(zs, eps[start:stop], res2net_block(zs, part, scratch[:, : stop - start]))
+            out[start:stop] = zs
+        return (out * self.std + self.mean).clamp(0, 1)
 
     def sample_block(self, m: int, like: Tensor) -> BlockParams:
         """Draw fresh per-sample weights (and kernel sizes / dilations) of one block for ``m`` images."""
