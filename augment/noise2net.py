@@ -17,6 +17,7 @@ corresponds to ~0.17 of the [0, 1] range.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -24,6 +25,7 @@ from torch import Generator, Tensor
 
 from augment.base import RandomAugmentation, check_images, check_positive, check_probability
 from augment.grouped import per_sample_conv2d
+from augment.threads import run_on_cpu_threads
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -143,8 +145,8 @@ class Noise2Net(RandomAugmentation):
         num_blocks: blocks applied in sequence (reference: 4).
         seed: seed of the generators (see :mod:`augment.base`).
         cpu_pass_pixels: on a CPU, at most this many pixels per pass (default: one 224 px image); larger batches
-            run in sub-batches with the same result, which keeps a group's tensors in cache. Ignored on other
-            devices (one pass).
+            run in sub-batches with the same result, which keeps a group's tensors in cache, concurrently on
+            torch's threads (:func:`augment.threads.run_on_cpu_threads`). Ignored on other devices (one pass).
     """
 
     def __init__(
@@ -193,17 +195,30 @@ class Noise2Net(RandomAugmentation):
         eps = eps.to(x.device, non_blocking=True).view(-1, 1, 1, 1)
         z = (x - self.mean) / self.std
         blocks = [self.sample_block(m, z) for _ in range(self.num_blocks)]
-        per_pass = max(1, self.cpu_pass_pixels // (h * w)) if z.device.type == "cpu" else m
-        scratch = z.new_empty(2, min(per_pass, m), self.hidden_planes, h * w)
+        if z.device.type != "cpu":
+            return self._to_pixels(self._apply_blocks(z, eps, blocks))
+        per_pass = max(1, self.cpu_pass_pixels // (h * w))
         out = torch.empty_like(z)
-        for start in range(0, m, per_pass):
-            stop = min(start + per_pass, m)
-            zs = z[start:stop]
-            for params in blocks:
-                part = params if per_pass >= m else params.narrow(start, stop)
-                zs = torch.addcmul(zs, eps[start:stop], res2net_block(zs, part, scratch[:, : stop - start]))
-            out[start:stop] = zs
-        return (out * self.std + self.mean).clamp(0, 1)
+
+        def sub_batch(start: int, stop: int) -> Callable[[], None]:
+            def run() -> None:
+                parts = [b if per_pass >= m else b.narrow(start, stop) for b in blocks]
+                out[start:stop] = self._apply_blocks(z[start:stop], eps[start:stop], parts)
+
+            return run
+
+        run_on_cpu_threads([sub_batch(i, min(i + per_pass, m)) for i in range(0, m, per_pass)])
+        return self._to_pixels(out)
+
+    def _apply_blocks(self, z: Tensor, eps: Tensor, blocks: list[BlockParams]) -> Tensor:
+        """z + eps * block(z) for each block in turn: z [m, 3, H, W] normalised, eps [m, 1, 1, 1]."""
+        scratch = z.new_empty(2, z.shape[0], self.hidden_planes, z.shape[-2] * z.shape[-1])
+        for params in blocks:
+            z = torch.addcmul(z, eps, res2net_block(z, params, scratch))
+        return z
+
+    def _to_pixels(self, z: Tensor) -> Tensor:
+        return (z * self.std + self.mean).clamp(0, 1)
 
     def sample_block(self, m: int, like: Tensor) -> BlockParams:
         """Draw fresh per-sample weights (and kernel sizes / dilations) of one block for ``m`` images."""

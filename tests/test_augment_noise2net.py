@@ -46,13 +46,14 @@ def test_block_matches_reference_bottle2neck_per_sample():
             torch.testing.assert_close(out[s], reference_block(z, params, s), atol=1e-4, rtol=1e-4)
 
 
-def test_cpu_sub_batches_give_the_one_pass_result():
+def test_cpu_sub_batches_give_the_one_pass_result_on_any_thread_count():
     x = torch.rand(7, 3, 12, 10)
     one_pass = Noise2Net(p=1.0, seed=2)(x)
-    for pixels in (1, 3 * 120, 6 * 120):  # 1, 3 and 6 images per pass (the last pass shorter)
-        torch.testing.assert_close(
-            Noise2Net(p=1.0, seed=2, cpu_pass_pixels=pixels)(x), one_pass, atol=1e-5, rtol=0
-        )
+    for threads in (1, 2):  # with two, the sub-batches run concurrently, one per thread
+        torch.set_num_threads(threads)
+        for pixels in (1, 3 * 120, 6 * 120):  # 1, 3 and 6 images per pass (the last pass shorter)
+            out = Noise2Net(p=1.0, seed=2, cpu_pass_pixels=pixels)(x)
+            torch.testing.assert_close(out, one_pass, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="cpu_pass_pixels"):
         Noise2Net(cpu_pass_pixels=0)
 

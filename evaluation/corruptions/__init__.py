@@ -13,8 +13,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from augment.threads import run_on_cpu_threads
+
 from ._inputs import check_images, resolve_scale, working_dtype
-from ._threads import run_on_cpu_threads
 from .blur import defocus_blur, gaussian_blur, glass_blur, motion_blur, zoom_blur
 from .digital import contrast, elastic_transform, jpeg_compression, saturate
 from .noise import gaussian_noise, impulse_noise, shot_noise, speckle_noise

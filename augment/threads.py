@@ -1,7 +1,9 @@
 """Run independent CPU tasks concurrently, sharing torch's intra-op threads between them.
 
-For work bound by torch's CPU generator, which draws sequentially: two chunks drawing from two
-generators on two threads keep both cores busy, where intra-op threads leave one waiting.
+For CPU work that intra-op threads parallelise poorly: draws from torch's CPU generator, which are
+sequential (two chunks drawing from two generators on two threads keep both cores busy, where
+intra-op threads leave one waiting), and chains of many small ops, each of which would wake and
+join the intra-op threads (Noise2Net's per-image sub-batches).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
     """A pool of ``workers`` threads of this process (a forked child makes its own)."""
     key = (os.getpid(), workers)
     if key not in _pools:
-        _pools[key] = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="corrupt")
+        _pools[key] = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="cpu-task")
     return _pools[key]
 
 
