@@ -58,6 +58,18 @@ def test_cpu_sub_batches_give_the_one_pass_result_on_any_thread_count():
         Noise2Net(cpu_pass_pixels=0)
 
 
+def test_bf16_convs_stay_within_a_grey_level_of_fp32():
+    x = torch.rand(6, 3, 40, 40)
+    fp32 = Noise2Net(p=1.0, seed=4, precision="fp32")(x)
+    bf16 = Noise2Net(p=1.0, seed=4, precision="bf16")(x)
+    diff = (bf16 - fp32).abs()
+    assert diff.max() > 0  # the 3x3 convs really ran in bf16
+    assert diff.mean() < 0.5 / 255 and diff.max() < 8 / 255  # measured: mean 0.18, max 2.1-2.6 grey levels
+    assert (fp32 - x).abs().mean() > 0.1  # against a change of ~48 grey levels
+    with pytest.raises(ValueError, match="precision"):
+        Noise2Net(precision="fp16")
+
+
 def test_weights_are_fresh_default_init_per_sample_and_step():
     aug = Noise2Net(seed=0)
     like = torch.zeros(1)
