@@ -245,7 +245,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--model", default="resnet50", help="timm model whose training step is the yardstick")
     parser.add_argument(
-        "--precision", default="auto", choices=PRECISIONS, help="DeepAugment's network precision"
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="precision of the DeepAugment networks and Noise2Net's 3x3 convs",
     )
     args = parser.parse_args()
     if args.threads:
@@ -259,7 +262,7 @@ def main() -> None:
     step_dtype = "bf16 autocast" if device.type == "cuda" else "fp32"
     print(
         f"device={device} batch={args.batch} size={args.size} images_per_network={ipn} cae_size={cae_size} "
-        f"precision={args.precision} (networks in {net_dtype}; {args.model} step in {step_dtype})"
+        f"precision={args.precision} (networks and Noise2Net's 3x3 convs in {net_dtype}; {args.model} step in {step_dtype})"
     )
 
     fns = {}
@@ -275,7 +278,7 @@ def main() -> None:
         aug = aug.to(device)
         fns[kind] = lambda aug=aug: aug(x)
         fns[f"{kind}_reference"] = reference_procedure(aug, kind, x)
-    noise2net = Noise2Net(p=1.0).to(device)
+    noise2net = Noise2Net(p=1.0, precision=args.precision).to(device)
     fns["noise2net"] = lambda: noise2net(x)
     fns["model_step"] = train_step(x, args.model)
     times = timed_rounds(fns, device, args.repeats)
