@@ -10,9 +10,10 @@ every perturbation off (what the pretrained networks themselves change).
     python -m benchmarks.augment_recognisable checkpoint=<run>/checkpoints/last.ckpt [images=512]
         [edsr_size=32] [cae_size=128] [per_option=true] [precision=fp32]
 
-``edsr_size`` sets EDSR's input side, ``cae_size`` the CAE's working side and ``precision`` the networks'
-arithmetic (DeepAugment's knobs; defaults: a quarter of the image, the image's side, auto); ``per_option=true`` adds one row per EDSR
-weight option (one draw, activation options off) and per EDSR activation option (weight options off).
+``edsr_size`` sets EDSR's input side, ``cae_size`` the CAE's working side and ``precision`` the arithmetic of
+the networks and of Noise2Net's 3x3 convs (defaults: a quarter of the image, the image's side, auto);
+``per_option=true`` adds one row per EDSR weight option (one draw, activation options off) and per EDSR
+activation option (weight options off).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def main() -> None:
         "EDSR": DeepAugment(**nets, p_edsr=1.0, p_cae=0.0),
         "CAE": DeepAugment(**nets, p_edsr=0.0, p_cae=1.0),
         "DeepAugment mix (1/3 clean)": DeepAugment(**nets),
-        "Noise2Net (p=1)": Noise2Net(p=1.0),
+        "Noise2Net (p=1)": Noise2Net(p=1.0, precision=precision),
     }
     if per_option:
         edsr_only = {**nets, "p_edsr": 1.0, "p_cae": 0.0}
