@@ -32,7 +32,7 @@ from augment.base import (
     network_dtype,
 )
 from augment.grouped import per_sample_conv2d
-from augment.threads import run_on_cpu_threads
+from augment.threads import run_on_cpu_threads, thread_balanced_parts
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -164,9 +164,10 @@ class Noise2Net(RandomAugmentation):
         scale: number of Res2Net groups (reference: 4).
         num_blocks: blocks applied in sequence (reference: 4).
         seed: seed of the generators (see :mod:`augment.base`).
-        cpu_pass_pixels: on a CPU, at most this many pixels per pass (default: one 224 px image); larger batches
-            run in sub-batches with the same result, which keeps a group's tensors in cache, concurrently on
-            torch's threads (:func:`augment.threads.run_on_cpu_threads`). Ignored on other devices (one pass).
+        cpu_pass_pixels: on a CPU, at most this many pixels per pass (default: one 224 px image); batches run
+            in sub-batches with the same result, which keeps a group's tensors in cache, concurrently on torch's
+            threads, as many per thread (:func:`augment.threads.thread_balanced_parts`). Ignored on other
+            devices (one pass).
         precision: dtype of the 3x3 convs ("auto": bf16 where bf16 convolutions are fast, like DeepAugment's
             networks; "fp32"; "bf16"); norms, 1x1 convs and the residual sums stay in float32.
     """
@@ -224,17 +225,17 @@ class Noise2Net(RandomAugmentation):
         blocks = [self.sample_block(m, z) for _ in range(self.num_blocks)]
         if z.device.type != "cpu":
             return self._to_pixels(self._apply_blocks(z, eps, blocks))
-        per_pass = max(1, self.cpu_pass_pixels // (h * w))
         out = torch.empty_like(z)
 
         def sub_batch(start: int, stop: int) -> Callable[[], None]:
             def run() -> None:
-                parts = [b if per_pass >= m else b.narrow(start, stop) for b in blocks]
+                parts = [b if stop - start == m else b.narrow(start, stop) for b in blocks]
                 out[start:stop] = self._apply_blocks(z[start:stop], eps[start:stop], parts)
 
             return run
 
-        run_on_cpu_threads([sub_batch(i, min(i + per_pass, m)) for i in range(0, m, per_pass)])
+        passes = thread_balanced_parts(m, self.cpu_pass_pixels // (h * w))
+        run_on_cpu_threads([sub_batch(start, stop) for start, stop in passes])
         return self._to_pixels(out)
 
     def _apply_blocks(self, z: Tensor, eps: Tensor, blocks: list[BlockParams]) -> Tensor:

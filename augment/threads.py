@@ -25,6 +25,19 @@ def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
     return _pools[key]
 
 
+def thread_balanced_parts(n: int, max_size: int) -> list[tuple[int, int]]:
+    """Split range(n) into contiguous (start, stop) parts of at most ``max_size`` items, sizes within one of
+    each other; when it takes more than one part, their number is rounded up to a multiple of
+    ``torch.get_num_threads()`` (at most n parts), so that :func:`run_on_cpu_threads` gives every thread the
+    same work: 32 items of at most 12 on two threads are 4 x 8, not 12 + 12 + 8 (the thread with 12 + 8
+    finishing last). n <= max_size stays one part (one pass with intra-op threads)."""
+    parts = -(-n // max(1, max_size))
+    if parts > 1:
+        threads = torch.get_num_threads()
+        parts = min(n, -(-parts // threads) * threads)
+    return [(n * i // parts, n * (i + 1) // parts) for i in range(parts)]
+
+
 def run_on_cpu_threads(tasks: Sequence[Callable[[], None]]) -> None:
     """Call every task once, on min(tasks, ``torch.get_num_threads()``) threads that share torch's
     threads between them (one intra-op thread each on a 2-core machine), under ``torch.no_grad``;
