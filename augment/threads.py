@@ -3,7 +3,7 @@
 For CPU work that intra-op threads parallelise poorly: draws from torch's CPU generator, which are
 sequential (two chunks drawing from two generators on two threads keep both cores busy, where
 intra-op threads leave one waiting), and chains of many small ops, each of which would wake and
-join the intra-op threads (Noise2Net's per-image sub-batches).
+join the intra-op threads (Noise2Net's sub-batches).
 """
 
 from __future__ import annotations

@@ -262,7 +262,8 @@ def main() -> None:
     step_dtype = "bf16 autocast" if device.type == "cuda" else "fp32"
     print(
         f"device={device} batch={args.batch} size={args.size} images_per_network={ipn} cae_size={cae_size} "
-        f"precision={args.precision} (networks and Noise2Net's 3x3 convs in {net_dtype}; {args.model} step in {step_dtype})"
+        f"precision={args.precision} (networks and Noise2Net's 3x3 convs in {net_dtype}; "
+        f"{args.model} step in {step_dtype})"
     )
 
     fns = {}
