@@ -24,16 +24,39 @@ _HOST_STATE_BYTES = torch.Generator().get_state().numel()
 _DEVICE_SEED_OFFSET = 0x9E3779B97F4A7C15  # keeps the two streams apart when both live on the CPU
 
 
+RANGE_TOLERANCE = 1e-3
+"""How far outside [0, 1] input pixels may lie (rounding in earlier steps) before they are rejected."""
+
+
 def check_images(x: Tensor, name: str, multiple: int = 1) -> None:
-    """Raise a one-line ValueError unless ``x`` is a float [B, 3, H, W] batch with H, W divisible by ``multiple``."""
-    if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != 3 or not x.is_floating_point():
+    """Raise a one-line ValueError unless ``x`` is a float [B, 3, H, W] batch in [0, 1] (within
+    :data:`RANGE_TOLERANCE`) with H, W divisible by ``multiple``. The range check reads the batch's min and max
+    (one device synchronisation)."""
+    if not isinstance(x, Tensor) or x.dim() != 4 or x.shape[1] != 3:
         shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"{name} expects a float image batch [B, 3, H, W] in [0, 1], got {shape}")
+    if not x.is_floating_point():
+        raise ValueError(
+            f"{name} expects float images in [0, 1], got {x.dtype}: convert with x.float() / 255"
+        )
     if x.shape[-2] % multiple or x.shape[-1] % multiple:
         raise ValueError(
             f"{name} needs H and W divisible by {multiple}, got {tuple(x.shape[-2:])}; "
             f"use a training resolution that is a multiple of {multiple}"
         )
+    if x.numel():
+        low, high = (float(v) for v in torch.aminmax(x.detach()))
+        if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
+            raise ValueError(
+                f"{name} expects pixel values in [0, 1], got values in [{low:.4g}, {high:.4g}]: divide 0-255 "
+                "images by 255 and normalise after augmenting"
+            )
+
+
+def outside_autocast(x: Tensor) -> torch.autocast:
+    """A context in which an outer ``torch.autocast`` does not recast the ops on ``x``'s device (the
+    augmentations choose their own precision)."""
+    return torch.autocast(x.device.type, enabled=False)
 
 
 PRECISIONS = ("auto", "fp32", "bf16")

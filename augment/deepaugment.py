@@ -33,6 +33,7 @@ from augment.base import (
     check_precision,
     check_probability,
     network_dtype,
+    outside_autocast,
 )
 from augment.grouped import cast_for_network, group_layout, grouped_forward, stack_weights
 from augment.images import resized_shape
@@ -42,13 +43,31 @@ from augment.networks.edsr import downscale
 
 
 def load_network(net: nn.Module, path: str | Path, arg: str) -> nn.Module:
-    """Load a public-format checkpoint (a plain state dict) into ``net`` with strict key checking."""
+    """Load a public-format checkpoint (a plain state dict) into ``net`` with strict key checking; a file that is
+    not one gives a one-line ValueError naming ``arg``."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
             f"{arg} file not found: {path}; pass an existing checkpoint or create one with `python -m augment pretrain`"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    kind = type(net).__name__
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling errors come in many types
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{arg}={path} is not a readable torch checkpoint ({reason[:120]})") from error
+    expected = net.state_dict()
+    if not isinstance(state, dict) or set(state) != set(expected):
+        keys = set(state) if isinstance(state, dict) else set()
+        missing, extra = sorted(set(expected) - keys), sorted(keys - set(expected))
+        raise ValueError(
+            f"{arg}={path} is not a public-format {kind} checkpoint ({len(missing)} missing keys, e.g. "
+            f"{missing[:2]}; {len(extra)} unexpected, e.g. {extra[:2]}); check that edsr_weights and "
+            "cae_weights are not swapped"
+        )
+    wrong = [k for k, v in state.items() if not isinstance(v, Tensor) or v.shape != expected[k].shape]
+    if wrong:
+        raise ValueError(f"{arg}={path} has {kind} keys of the wrong shape: {wrong[:3]}")
     net.load_state_dict(state, strict=True)
     return net.requires_grad_(False).eval()
 
@@ -57,7 +76,8 @@ class DeepAugment(RandomAugmentation):
     """Batched, per-sample DeepAugment (EDSR + CAE) on float images [B, 3, H, W] in [0, 1].
 
     Returns the same shape, dtype and device, values clamped to [0, 1]; H and W must be divisible by 4. Runs
-    without autograd. The networks are buffers of this module (requires_grad=False), never part of a classifier.
+    without autograd and outside any autocast (``precision`` decides). The networks are frozen submodules of
+    this module (requires_grad=False), never part of a classifier.
 
     Args:
         edsr_weights: EDSR-baseline x4 checkpoint (public ``edsr_baseline_x4.pt`` format); needed if p_edsr > 0.
@@ -118,6 +138,8 @@ class DeepAugment(RandomAugmentation):
             raise ValueError(f"edsr_size must be a positive short side in px, or None; got {edsr_size}")
         self.edsr_size = None if edsr_size is None else int(edsr_size)
         self.edsr_weight_options = check_options(edsr_weight_options, range(17), "edsr_weight_options")
+        if int(edsr_weight_draws) < 0:
+            raise ValueError(f"edsr_weight_draws must be >= 0, got {edsr_weight_draws}")
         self.edsr_weight_draws = int(edsr_weight_draws)
         self.edsr_pre_options = check_options(edsr_pre_options, perturb_edsr.PRE_OPTIONS, "edsr_pre_options")
         self.edsr_body_options = check_options(
@@ -153,18 +175,24 @@ class DeepAugment(RandomAugmentation):
     def forward(self, x: Tensor) -> Tensor:
         """x: [B, 3, H, W] in [0, 1] -> same shape/dtype/device, each image clean, EDSR- or CAE-perturbed."""
         check_images(x, "DeepAugment", multiple=4)
+        if self.p_cae > 0 and self.cae_size is None and min(x.shape[-2:]) < MIN_CAE_SIZE:
+            raise ValueError(
+                f"the CAE needs images of at least {MIN_CAE_SIZE} px, got {tuple(x.shape[-2:])}; set cae_size "
+                "or p_cae=0"
+            )
         host, _ = self.generators()
         u = torch.rand(x.shape[0], generator=host, dtype=torch.float64)
         routes = (
             (u < self.p_edsr, self._edsr_path),
             ((u >= self.p_edsr) & (u < self.p_edsr + self.p_cae), self._cae_path),
         )
-        out = x.clone()
-        for chosen, path in routes:
-            index = chosen.nonzero().flatten()
-            if len(index):
-                index = index.to(x.device, non_blocking=True)
-                out[index] = path(x[index]).to(x.dtype)
+        out = x.clamp(0, 1)
+        with outside_autocast(x):
+            for chosen, path in routes:
+                index = chosen.nonzero().flatten()
+                if len(index):
+                    index = index.to(x.device, non_blocking=True)
+                    out[index] = path(x[index]).to(x.dtype)
         return out
 
     def _grouped(
@@ -231,10 +259,6 @@ class DeepAugment(RandomAugmentation):
     def _cae_path(self, x: Tensor) -> Tensor:
         dtype = self.cae.e_conv_3[0].weight.dtype
         size = tuple(x.shape[-2:])
-        if self.cae_size is None and min(size) < MIN_CAE_SIZE:
-            raise ValueError(
-                f"the CAE needs images of at least {MIN_CAE_SIZE} px, got {size}; set cae_size or p_cae=0"
-            )
         xc = x.to(dtype)
         if self.cae_size is not None:
             xc = F.interpolate(xc, size=resized_shape(*size, self.cae_size), mode="bilinear", antialias=True)

@@ -17,6 +17,7 @@ corresponds to ~0.17 of the [0, 1] range.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -30,6 +31,7 @@ from augment.base import (
     check_precision,
     check_probability,
     network_dtype,
+    outside_autocast,
 )
 from augment.grouped import per_sample_conv2d
 from augment.threads import run_on_cpu_threads, thread_balanced_parts
@@ -155,7 +157,8 @@ def res2net_block(
 
 
 class Noise2Net(RandomAugmentation):
-    """Per-sample Noise2Net on float images [B, 3, H, W] in [0, 1] (same shape/dtype/device out, clamped).
+    """Per-sample Noise2Net on float images [B, 3, H, W] in [0, 1] (same shape/dtype/device out, clamped; no
+    autograd, outside any autocast: ``precision`` decides).
 
     Args:
         p: probability that an image is perturbed (reference: half of every batch).
@@ -185,8 +188,8 @@ class Noise2Net(RandomAugmentation):
     ) -> None:
         super().__init__(seed)
         self.p = check_probability(p, "p")
-        if float(max_eps) < 0:
-            raise ValueError(f"max_eps must be >= 0, got {max_eps}")
+        if not (math.isfinite(float(max_eps)) and float(max_eps) >= 0):
+            raise ValueError(f"max_eps must be a finite number >= 0, got {max_eps}")
         if int(hidden_planes) < 1 or int(scale) < 2 or int(num_blocks) < 1:
             raise ValueError(
                 f"need hidden_planes >= 1, scale >= 2, num_blocks >= 1; got {hidden_planes}, {scale}, {num_blocks}"
@@ -210,10 +213,11 @@ class Noise2Net(RandomAugmentation):
         check_images(x, "Noise2Net")
         host, _ = self.generators()
         index = (torch.rand(x.shape[0], generator=host) < self.p).nonzero().flatten()
-        out = x.clone()
+        out = x.clamp(0, 1)
         if len(index):
             index = index.to(x.device, non_blocking=True)
-            out[index] = self._perturb(x[index].float()).to(x.dtype)
+            with outside_autocast(x):
+                out[index] = self._perturb(x[index].float()).to(x.dtype)
         return out
 
     def _perturb(self, x: Tensor) -> Tensor:

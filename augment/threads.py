@@ -40,8 +40,8 @@ def thread_balanced_parts(n: int, max_size: int) -> list[tuple[int, int]]:
 
 def run_on_cpu_threads(tasks: Sequence[Callable[[], None]]) -> None:
     """Call every task once, on min(tasks, ``torch.get_num_threads()``) threads that share torch's
-    threads between them (one intra-op thread each on a 2-core machine), under ``torch.no_grad``;
-    in the calling thread when there is one thread or one task. Returns when all have finished;
+    threads between them (one intra-op thread each on a 2-core machine), under ``torch.no_grad`` and
+    the caller's inference mode; in the calling thread when there is one thread or one task. Returns when all have finished;
     the first exception is raised after that."""
     threads = torch.get_num_threads()
     workers = min(threads, len(tasks))
@@ -51,9 +51,13 @@ def run_on_cpu_threads(tasks: Sequence[Callable[[], None]]) -> None:
                 task()
         return
 
+    inference = torch.is_inference_mode_enabled()
+
     def with_share_of_threads(task: Callable[[], None]) -> None:
         torch.set_num_threads(threads // workers)  # this thread's OpenMP setting (and torch's default)
-        with torch.no_grad():  # grad mode is per thread: the caller's does not reach a worker
+        # grad and inference modes are per thread: the caller's do not reach a worker (inference_mode(False)
+        # turns grad mode on, so no_grad comes second)
+        with torch.inference_mode(inference), torch.no_grad():
             task()
 
     futures = [_pool(workers).submit(with_share_of_threads, task) for task in tasks]

@@ -253,9 +253,38 @@ def test_clear_errors(weights, tmp_path: Path):
         DeepAugment(**weights, p_edsr=0.0, p_cae=1.0)(torch.rand(2, 3, 8, 8))
     with pytest.raises(ValueError, match="p_edsr \\+ p_cae"):
         DeepAugment(**weights, p_edsr=0.7, p_cae=0.7)
-    with pytest.raises(RuntimeError, match="Missing key"):
-        torch.save({"x": torch.zeros(1)}, tmp_path / "bad.pt")
+    torch.save({"x": torch.zeros(1)}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="not a public-format EDSR checkpoint"):
         DeepAugment(edsr_weights=str(tmp_path / "bad.pt"), p_cae=0.0)
+    with pytest.raises(ValueError, match="not a public-format EDSR checkpoint.*swapped"):
+        DeepAugment(edsr_weights=weights["cae_weights"], cae_weights=weights["edsr_weights"])
+    (tmp_path / "text.pt").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(ValueError, match="cae_weights=.*not a readable torch checkpoint"):
+        DeepAugment(cae_weights=str(tmp_path / "text.pt"), p_edsr=0.0)
+    with pytest.raises(ValueError, match="edsr_weight_draws"):
+        DeepAugment(**weights, edsr_weight_draws=-2)
+
+
+def test_inputs_outside_the_contract_are_rejected_and_outputs_clamped(weights):
+    aug = DeepAugment(**weights)
+    for seed in range(4):  # the CAE size check does not depend on which images the draw sends to the CAE
+        with pytest.raises(ValueError, match="at least 12 px"):
+            DeepAugment(**weights, p_cae=0.1, seed=seed)(torch.rand(2, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"got torch.uint8: convert with x.float\(\) / 255"):
+        aug(torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"values in \[0, 254\].*divide 0-255 images by 255"):
+        aug(torch.arange(2 * 3 * 16 * 16).remainder(255).float().view(2, 3, 16, 16))
+    slightly = torch.rand(4, 3, 16, 16) * (1 + 5e-4)  # rounding of earlier steps: accepted, then clamped
+    out = DeepAugment(**weights, p_edsr=0.0, p_cae=0.0)(slightly)
+    torch.testing.assert_close(out, slightly.clamp(0, 1), atol=0, rtol=0)
+
+
+def test_an_outer_autocast_does_not_change_the_precision(weights):
+    x = torch.rand(4, 3, 16, 16)
+    plain = DeepAugment(**weights, precision="fp32", seed=1)(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = DeepAugment(**weights, precision="fp32", seed=1)(x)
+    torch.testing.assert_close(autocast, plain, atol=0, rtol=0)
 
 
 def test_generator_follows_the_module_and_state_checks_device(weights):

@@ -130,6 +130,27 @@ def test_bad_input_is_rejected_with_a_clear_error():
         Noise2Net()(torch.rand(3, 16, 16))
     with pytest.raises(ValueError, match="probability"):
         Noise2Net(p=1.5)
+    for eps in (float("nan"), float("inf"), -0.1):
+        with pytest.raises(ValueError, match="max_eps must be a finite number >= 0"):
+            Noise2Net(max_eps=eps)
+    with pytest.raises(ValueError, match=r"values in \[-0.5, 0.5\]"):
+        Noise2Net()(torch.linspace(-0.5, 0.5, 2 * 3 * 8 * 8).view(2, 3, 8, 8))
+    slightly = torch.rand(4, 3, 8, 8) * (1 + 5e-4)  # rounding of earlier steps: accepted, then clamped
+    torch.testing.assert_close(Noise2Net(p=0.0)(slightly), slightly.clamp(0, 1), atol=0, rtol=0)
+
+
+def test_inference_mode_and_an_outer_autocast_change_nothing():
+    """Under inference mode the concurrent sub-batches (worker threads) run in it too; an outer autocast does
+    not recast the float32 parts."""
+    x = torch.rand(8, 3, 16, 16)
+    plain = Noise2Net(p=1.0, seed=7, cpu_pass_pixels=2 * 256, precision="fp32")(x)
+    torch.set_num_threads(2)
+    with torch.inference_mode():
+        inference = Noise2Net(p=1.0, seed=7, cpu_pass_pixels=2 * 256, precision="fp32")(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = Noise2Net(p=1.0, seed=7, cpu_pass_pixels=2 * 256, precision="fp32")(x)
+    torch.testing.assert_close(inference, plain, atol=0, rtol=0)
+    torch.testing.assert_close(autocast, plain, atol=0, rtol=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -51,6 +51,11 @@ def test_tasks_all_run_on_worker_threads_and_the_first_error_is_raised_after_all
     with pytest.raises(RuntimeError, match="task 1 failed"):
         run_on_cpu_threads([task(i) for i in range(4)])
     assert sorted(ran) == [0, 1, 2, 3]
+    modes = []
+    with torch.inference_mode():  # the caller's inference mode reaches the workers
+        run_on_cpu_threads([lambda: modes.append(torch.is_inference_mode_enabled())] * 2)
+    run_on_cpu_threads([lambda: modes.append(torch.is_inference_mode_enabled())] * 2)
+    assert modes == [True, True, False, False]
     assert all(name.startswith("cpu-task") for name in names)
     assert torch.get_num_threads() == 2  # the caller's setting is restored
     torch.set_num_threads(1)
