@@ -1,9 +1,12 @@
-"""Command line: ``python -m augment {pretrain,generate,preview} key=value ...``.
+"""Command line: ``python -m augment {pretrain,generate,preview} key=value ...`` (defaults in brackets).
 
     python -m augment pretrain [data.root=<root>] [split=train] [cache_dir=<dir>] [image_size=64] [budget_s=450]
-                               [precision=auto]
-    python -m augment generate data.root=<root> out=<dir> [split=train] [shard=i num_shards=n] [shard_by=class]
-    python -m augment preview [data.root=<root>] out=preview.png [n=8] [image_size=64] [edsr_size=32] [cae_size=128]
+                               [max_images=2048] [patch_size=32] [cae_patch_size=32] [precision=auto] [seed=0]
+                               [device=<cuda if available>]
+    python -m augment generate data.root=<root> out=<dir> [split=train] [shard=0 num_shards=1] [shard_by=class]
+                               [size=512] [batch_size=16] [images_per_network=16] [workers=2] [seed=0] [device=...]
+    python -m augment preview out=preview.png [data.root=<root>] [split=train] [n=8] [image_size=64] [cell=128]
+                              [edsr_size=None] [cae_size=None] [seed=0]
 
 ``data.root`` is an ImageNet-layout root (``<root>/<split>/<wnid>/<file>``), by default the embedded benchmark.
 ``generate`` and ``preview`` take ``edsr_weights=`` and ``cae_weights=``; without them they use the built-in
@@ -12,13 +15,16 @@ pretraining on ``<root>/train`` (cached, trained on first use), tuned with ``pre
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from augment.generate import check_options as check_generate
 from augment.generate import generate
 from augment.pretrain import CACHE_SUBDIR, ensure_pretrained, read_report
+from augment.preview import check_options as check_preview
 from augment.preview import preview
 
 COMMON = {"data.root": Path, "split": str, "seed": int, "device": str}
@@ -69,7 +75,13 @@ def parse(command: str, args: list[str]) -> dict[str, Any]:
             raise SystemExit(
                 f"unknown argument {arg!r} for {command}; expected key=value, key in {sorted(allowed)}"
             )
-        out[key] = None if value.lower() in ("null", "none") else allowed[key](value)
+        kind = allowed[key]
+        if not value.strip():
+            raise SystemExit(f"{key}= needs a value (a {kind.__name__})")
+        try:
+            out[key] = None if value.lower() in ("null", "none") else kind(value)
+        except ValueError:
+            raise SystemExit(f"{key}={value!r} is not a valid {kind.__name__}") from None
     return out
 
 
@@ -87,10 +99,21 @@ def _default_cache() -> Path:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if any(arg in ("-h", "--help", "help") for arg in argv):
+        print(__doc__)
+        return
     if not argv or argv[0] not in COMMANDS:
         raise SystemExit(__doc__)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     command, kwargs = argv[0], parse(argv[0], argv[1:])
+    try:
+        run(command, kwargs)
+    except (ValueError, FileNotFoundError) as error:  # the package's one-line input errors
+        raise SystemExit(f"python -m augment {command}: {error}") from None
+
+
+def run(command: str, kwargs: dict[str, Any]) -> None:
+    """Run ``command`` with parsed arguments (see the module docstring)."""
     root = kwargs.pop("data.root", None) or _default_root()
     if command == "pretrain":
         split = kwargs.pop("split", "train")
@@ -101,6 +124,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if "out" not in kwargs:
         raise SystemExit(f"{command} needs out=<path>")
+    check = check_generate if command == "generate" else check_preview  # before any pretraining
+    check(**{k: kwargs[k] for k in inspect.signature(check).parameters if k in kwargs})
     options = {k.removeprefix("pretrain."): kwargs.pop(k) for k in list(kwargs) if k.startswith("pretrain.")}
     if not (kwargs.get("edsr_weights") and kwargs.get("cae_weights")):
         cache = options.pop("cache_dir", None) or _default_cache()

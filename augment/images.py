@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,16 +55,33 @@ def load_images(paths: Sequence[Path], size: int) -> Tensor:
     return torch.stack([(load_image(p, size) * 255).round().to(torch.uint8) for p in paths])
 
 
-def save_image(image: Tensor, path: Path) -> None:
-    """Write [3, H, W] in [0, 1] atomically (temp file + rename); the format follows the suffix (JPEG quality 95)."""
-    array = (image.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file; mkstemp's own files are 0600
+
+
+def write_atomic(write: Callable[[str], None], path: Path) -> None:
+    """``write(tmp_path)`` into a temp file beside ``path``, then rename it onto ``path`` with the usual file mode
+    (0666 less the umask): readers never see a partial file, and other users can read shared outputs."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fmt = "JPEG" if path.suffix.lower() in (".jpeg", ".jpg") else "PNG"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(array).save(f, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+        write(tmp)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_image(image: Tensor, path: Path) -> None:
+    """Write [3, H, W] in [0, 1] atomically (:func:`write_atomic`); the format follows the suffix (JPEG quality 95)."""
+    array = (image.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    fmt = "JPEG" if path.suffix.lower() in (".jpeg", ".jpg") else "PNG"
+    options = {"quality": 95} if fmt == "JPEG" else {}
+    write_atomic(lambda tmp: Image.fromarray(array).save(tmp, format=fmt, **options), path)

@@ -22,9 +22,7 @@ import itertools
 import json
 import logging
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,7 +35,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 
 from augment.base import check_precision, network_dtype
-from augment.images import list_images, load_images
+from augment.images import list_images, load_images, write_atomic
 from augment.networks import CAE, EDSR
 from augment.networks.cae import MIN_SIZE as MIN_CAE_SIZE
 from augment.networks.edsr import DIV2K_RGB_MEAN, RGB_RANGE, downscale
@@ -353,18 +351,6 @@ def _cache_key(files: list[Path], root: Path, settings: dict) -> str:
     return digest.hexdigest()[:20]
 
 
-def _save_atomic(write: Callable[[str], None], path: Path) -> None:
-    """``write(tmp_path)`` then rename onto ``path``, so readers never see a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def ensure_pretrained(
     image_root: Path | str,
     cache_dir: Path | str,
@@ -431,9 +417,9 @@ def ensure_pretrained(
             precision=precision,
         )
         report.update(settings, device=str(device), image_root=str(image_root))
-        _save_atomic(lambda tmp: torch.save(edsr.state_dict(), tmp), paths["edsr"])
-        _save_atomic(lambda tmp: torch.save(cae.state_dict(), tmp), paths["cae"])
-        _save_atomic(lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)), entry / REPORT_FILE)
+        write_atomic(lambda tmp: torch.save(edsr.state_dict(), tmp), paths["edsr"])
+        write_atomic(lambda tmp: torch.save(cae.state_dict(), tmp), paths["cae"])
+        write_atomic(lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)), entry / REPORT_FILE)
         if report["edsr_gain_db"] < TARGET_GAIN_DB:
             log.warning(
                 "pretrained EDSR beats bicubic by %.2f dB (< %.1f dB target) after %.0f s; raise budget_s",

@@ -49,6 +49,14 @@ def save_grid(grid: torch.Tensor, path: Path, cell: int = 128) -> None:
     canvas.save(path)
 
 
+def check_options(out: Path, n: int = 8, image_size: int = 64, cell: int = 128) -> None:
+    """Raise a one-line ValueError for arguments of :func:`preview` that cannot make a grid."""
+    if n < 1 or cell < 1 or image_size < 1:
+        raise ValueError(f"need n, cell and image_size >= 1, got n={n} cell={cell} image_size={image_size}")
+    if Path(out).suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        raise ValueError(f"out={out} needs an image suffix: .png (or .jpg)")
+
+
 def preview(
     data_root: Path | str,
     out: Path | str,
@@ -63,9 +71,10 @@ def preview(
     cae_size: int | None = None,
 ) -> Path:
     """Write the grid for ``n`` images spread over the classes of ``data_root/split`` to ``out``; returns ``out``."""
+    out = Path(out).expanduser()
+    check_options(out, n, image_size, cell)
     files = list_images(Path(data_root).expanduser() / split)
     step = max(1, len(files) // n)
     images = load_images(files[::step][:n], image_size).float() / 255
-    out = Path(out).expanduser()
     save_grid(preview_grid(images, edsr_weights, cae_weights, seed, edsr_size, cae_size), out, cell)
     return out

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import shutil
+import stat
 import threading
 from pathlib import Path
 
@@ -17,7 +22,7 @@ import augment.pretrain
 from augment import CAE, EDSR, DeepAugment
 from augment.__main__ import main
 from augment.base import has_fast_bf16
-from augment.generate import generate, shard_files
+from augment.generate import _seed, generate, shard_files
 from augment.images import list_images, load_images, resized_shape
 from augment.networks.edsr import downscale
 from augment.pretrain import ensure_pretrained, psnr, read_report
@@ -164,6 +169,7 @@ def test_generate_shards_resumes_and_writes_reference_layout(pretrained, image_r
         assert generate(image_root, out, shard=i, num_shards=2, **kwargs) == {
             "written": len(halves[i]),
             "skipped": 0,
+            "unreadable": 0,
         }
     for f in files:
         for d in ("EDSR", "CAE"):
@@ -173,12 +179,45 @@ def test_generate_shards_resumes_and_writes_reference_layout(pretrained, image_r
     assert generate(image_root, out, shard=0, num_shards=2, **kwargs) == {
         "written": 0,
         "skipped": len(halves[0]),
+        "unreadable": 0,
     }
     (out / "CAE" / halves[1][0].parent.name / halves[1][0].name).unlink()
     assert generate(image_root, out, shard=1, num_shards=2, **kwargs)["written"] == 1
+    with pytest.raises(ValueError, match="size=16 there, 20 now"):  # one folder never mixes two settings
+        generate(image_root, out, **{**kwargs, "size": 20})
+    mode = 0o666 & ~_umask()  # what open() gives, so that shared datasets are readable by others
+    assert {stat.S_IMODE(f.stat().st_mode) for f in out.rglob("*") if f.is_file()} == {mode}
+    with pytest.raises(ValueError, match="size must be a multiple of 4 and >= 12"):
+        generate(image_root, tmp_path / "small", **{**kwargs, "size": 8})
 
 
-def test_preview_grid_and_cli(pretrained, image_root, tmp_path):
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_generate_skips_and_names_unreadable_images(pretrained, image_root, tmp_path, caplog):
+    weights = {"edsr_weights": str(pretrained["edsr"]), "cae_weights": str(pretrained["cae"])}
+    root = tmp_path / "root"
+    good = list_images(image_root / "train")[:2]
+    for f in good:
+        (root / "train" / f.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, root / "train" / f.parent.name / f.name)
+    broken = root / "train" / good[0].parent.name / "broken.JPEG"
+    broken.write_bytes(good[0].read_bytes()[:200])  # a truncated JPEG
+    kwargs = {"size": 16, "batch_size": 4, "workers": 0, "progress": False, **weights}
+    with caplog.at_level(logging.WARNING, logger="augment.generate"):
+        result = generate(root, tmp_path / "out", **kwargs)
+    assert result == {"written": 2, "skipped": 0, "unreadable": 1}
+    assert (
+        "broken.JPEG" in caplog.text
+        and not (tmp_path / "out" / "EDSR" / broken.parent.name / broken.name).exists()
+    )
+    assert _seed(1, 0, "EDSR") != _seed(0, 1, "EDSR") != _seed(0, 1, "CAE")  # distinct streams per shard
+
+
+def test_preview_grid_and_cli(pretrained, image_root, tmp_path, capsys):
     weights = [f"edsr_weights={pretrained['edsr']}", f"cae_weights={pretrained['cae']}"]
     out = preview(
         image_root, tmp_path / "p.png", str(pretrained["edsr"]), str(pretrained["cae"]), n=3, cell=32
@@ -211,3 +250,20 @@ def test_preview_grid_and_cli(pretrained, image_root, tmp_path):
         assert np.abs(sized_grid[cells] - default_grid[cells]).mean() > 1
     with pytest.raises(SystemExit, match="unknown argument"):
         main(["preview", "colour=red"])
+    bad = {  # one line naming the argument and the fix, before any pretraining or data loading
+        "size='abc' is not a valid int": ["generate", "out=x", "size=abc"],
+        "out= needs a value": ["generate", "out="],
+        "generate: size must be a multiple of 4 and >= 12": ["generate", "out=x", "size=8"],
+        "preview: need n, cell and image_size >= 1": ["preview", "out=x.png", "n=0"],
+        "preview: out=x needs an image suffix": ["preview", "out=x"],
+        "preview: edsr_weights file not found": [
+            "preview",
+            f"out={tmp_path / 'e.png'}",
+            "edsr_weights=nope.pt",
+        ],
+    }
+    for message, argv in bad.items():
+        with pytest.raises(SystemExit, match=re.escape(message)):
+            main([*argv, f"data.root={image_root}", *weights[1:]])
+    main(["generate", "--help"])
+    assert "python -m augment generate data.root=<root> out=<dir>" in capsys.readouterr().out
