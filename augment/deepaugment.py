@@ -72,6 +72,14 @@ def load_network(net: nn.Module, path: str | Path, arg: str) -> nn.Module:
     return net.requires_grad_(False).eval()
 
 
+def check_route_probabilities(p_edsr: float, p_cae: float) -> tuple[float, float]:
+    """(p_edsr, p_cae) as floats, or a one-line ValueError unless both are probabilities summing to <= 1."""
+    p_edsr, p_cae = check_probability(p_edsr, "p_edsr"), check_probability(p_cae, "p_cae")
+    if p_edsr + p_cae > 1 + 1e-9:
+        raise ValueError(f"p_edsr + p_cae must be <= 1, got {p_edsr} + {p_cae}")
+    return p_edsr, p_cae
+
+
 class DeepAugment(RandomAugmentation):
     """Batched, per-sample DeepAugment (EDSR + CAE) on float images [B, 3, H, W] in [0, 1].
 
@@ -122,10 +130,7 @@ class DeepAugment(RandomAugmentation):
         precision: str = "auto",
     ) -> None:
         super().__init__(seed)
-        self.p_edsr = check_probability(p_edsr, "p_edsr")
-        self.p_cae = check_probability(p_cae, "p_cae")
-        if self.p_edsr + self.p_cae > 1 + 1e-9:
-            raise ValueError(f"p_edsr + p_cae must be <= 1, got {self.p_edsr} + {self.p_cae}")
+        self.p_edsr, self.p_cae = check_route_probabilities(p_edsr, p_cae)
         self.images_per_network = check_positive(images_per_network, "images_per_network")
         self.cpu_pass_pixels = check_positive(cpu_pass_pixels, "cpu_pass_pixels")
         self.precision = check_precision(precision)

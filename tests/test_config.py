@@ -11,6 +11,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from train.__main__ import CONFIG_DIR
+from train.augmentation import build_augment
 from train.config import Config, register_configs
 from train.validate import check_trainer_args, resolve_precision
 
@@ -100,3 +101,25 @@ def test_cli_errors_are_one_line_and_early(tmp_path: Path, bench_root: Path, cac
     proc = run_train(["data.bogus=1", f"hydra.run.dir={tmp_path / 'r3'}"], tmp_path, cache_dir, check=False)
     assert proc.returncode != 0 and "Key 'bogus' not in 'DataConfig'" in proc.stderr
     assert not (tmp_path / "r3").exists()  # nothing started
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["augment=deepaugment", "augment.precision=FP32"], "precision must be one of"),
+        (["augment=deepaugment", "augment.p_edsr=0.7", "augment.p_cae=0.7"], "p_edsr \\+ p_cae must be <= 1"),
+        (
+            ["augment=deepaugment_noise2net", "augment.steps.0.cae_size=10"],
+            "cae_size must be a multiple of 4",
+        ),
+        (["augment=deepaugment_noise2net", "augment.steps.1.max_eps=-1"], "max_eps must be a finite number"),
+    ],
+)
+def test_augment_values_fail_before_any_pretraining(overrides, message, tmp_path: Path):
+    """No weights are configured and the training folder does not exist: pretraining would fail with
+    'image folder not found', so the value's own error shows it was checked first."""
+    cfg = compose_config(overrides)
+    pretrain = OmegaConf.to_object(cfg).augment_pretrain
+    with pytest.raises(ValueError, match=message):
+        build_augment(cfg.augment, tmp_path / "no_train", tmp_path / "cache", 64, pretrain)
+    assert not (tmp_path / "cache").exists()

@@ -6,17 +6,20 @@ run's own training images by :func:`augment.ensure_pretrained` (cached by data h
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from augment import ensure_pretrained
+from augment import DeepAugment, ensure_pretrained
+from augment.deepaugment import check_route_probabilities
 from augment.pretrain import CACHE_SUBDIR
 from augment.preview import preview_grid, save_grid
 from train.config import AugmentPretrainConfig
@@ -74,6 +77,24 @@ def check_augment_args(node: Any) -> None:
             check_augment_args(value)
 
 
+def check_augment_values(cfg: DictConfig) -> None:
+    """Instantiate ``cfg`` with its DeepAugment nodes network-free (no weights, probabilities 0; those are
+    checked on their own), so a bad value fails with its one-line error before any pretraining."""
+    probe = copy.deepcopy(cfg)
+    for node in deepaugment_nodes(probe):
+        defaults = inspect.signature(DeepAugment).parameters
+        p_edsr, p_cae = (node.get(k, defaults[k].default) for k in ("p_edsr", "p_cae"))
+        check_route_probabilities(p_edsr, p_cae)
+        node.edsr_weights = node.cae_weights = None
+        node.p_edsr = node.p_cae = 0.0
+    try:
+        instantiate(probe, _convert_="all")
+    except InstantiationException as error:  # Hydra wraps the target's own one-line error
+        if isinstance(error.__cause__, ValueError):
+            raise ValueError(f"augment: {error.__cause__}") from None
+        raise
+
+
 def build_augment(
     cfg: DictConfig, train_root: Path, cache_dir: Path, image_size: int, pretrain: AugmentPretrainConfig
 ) -> tuple[nn.Module | None, DictConfig]:
@@ -83,8 +104,9 @@ def build_augment(
     """
     if not cfg or "_target_" not in cfg:
         return None, cfg
-    cfg = cfg.copy()
+    cfg = copy.deepcopy(cfg)
     check_augment_args(cfg)
+    check_augment_values(cfg)
     for node in deepaugment_nodes(cfg):
         if node.get("edsr_weights") is None or node.get("cae_weights") is None:
             paths = ensure_pretrained(
