@@ -21,6 +21,7 @@ from train.__main__ import CONFIG_DIR
 from train.config import register_configs
 from train.module import NonFiniteLossError
 from train.program import run
+from train.run_dir import OutputDirError, resume_overrides
 
 RESUME_ARGS = [  # every random stream: loader order, workers, mixup, dropout, augmentation
     *TINY,
@@ -72,6 +73,63 @@ def test_sigkill_and_resume_is_bit_equal(tmp_path: Path, bench_root: Path, cache
     offline_runs = list((killed / "wandb").glob("offline-run-*"))
     run_id = (killed / "wandb_run_id.txt").read_text().strip()
     assert len(offline_runs) == 2 and all(p.name.endswith(run_id) for p in offline_runs)  # same W&B run id
+
+    # the finished run's folder is not taken over: not by a new run, not by a resume with another experiment
+    proc = run_train([*common, f"hydra.run.dir={killed}"], tmp_path, cache_dir, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (
+        f"error: {killed} already holds a run (provenance.json); continue it with resume={killed}"
+        in proc.stderr
+    )
+    proc = run_train([f"resume={killed}", "experiment=softmax_baseline"], tmp_path, cache_dir, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (
+        "cannot change experiment (experiment at its default -> experiment=softmax_baseline)" in proc.stderr
+    )
+    assert (killed / "wandb_run_id.txt").read_text().strip() == run_id
+
+
+def test_resume_may_change_how_a_run_runs_but_not_what_it_trains(tmp_path: Path):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text(
+        "- experiment=sigmoid_baseline\n- model.name=test_resnet\n"
+    )
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    allowed = [
+        "trainer.max_epochs=5",
+        "data.num_workers=2",
+        "logger=csv",
+        "eval=clean",
+        "model.name=test_resnet",
+    ]
+    assert resume_overrides(tmp_path, allowed)[:2] == [
+        "experiment=sigmoid_baseline",
+        "model.name=test_resnet",
+    ]
+    for override in (
+        "experiment=softmax_baseline",
+        "head=softmax",
+        "+augment.max_eps=1",
+        "data.batch_size=8",
+        "seed=1",
+    ):
+        with pytest.raises(OutputDirError, match=f"cannot change {override.split('=')[0].lstrip('+')} "):
+            resume_overrides(tmp_path, [override])
+
+
+def test_a_non_finite_loss_is_one_line_on_the_command_line(tmp_path: Path, bench_root: Path, cache_dir: Path):
+    args = [
+        *TINY,
+        f"data.root={bench_root}",
+        "optim.lr=1e30",
+        "logger=none",
+        "eval=clean",
+        "hydra.run.dir=run",
+    ]
+    proc = run_train(args, tmp_path, cache_dir, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "error: training loss is" in proc.stderr and "lower optim.lr" in proc.stderr
 
 
 def test_resume_of_a_folder_without_a_run_is_a_clear_error(tmp_path: Path, cache_dir: Path):

@@ -11,10 +11,10 @@ from omegaconf import DictConfig
 
 import conf
 from train.config import register_configs
-from train.run_dir import OutputDirError, check_writable, resume_overrides
+from train.run_dir import OutputDirError, check_new_run_dir, check_writable, resume_overrides
 
 CONFIG_DIR = str(Path(conf.__file__).parent)
-EXPECTED_ERRORS = (ValueError, OSError, RuntimeError)
+EXPECTED_ERRORS = (ValueError, OSError, RuntimeError, FloatingPointError)  # the last: a non-finite loss
 
 log = logging.getLogger("train")
 
@@ -31,6 +31,11 @@ def prepare_argv(args: list[str]) -> list[str]:
     if "-m" not in args and "--multirun" not in args:
         chosen = [a.split("=", 1)[1] for a in args if a.startswith(("hydra.run.dir=", "paths.output_dir="))]
         check_writable(Path(chosen[-1].split("${")[0] or ".") if chosen else Path("outputs"))
+        if chosen and not resume and "${" not in chosen[-1]:
+            from train.cluster import on_slurm  # imports lightning: only when needed
+
+            if not on_slurm():  # a requeued SLURM job comes back to its folder
+                check_new_run_dir(Path(chosen[-1]))
     return args
 
 

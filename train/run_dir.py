@@ -122,8 +122,38 @@ def run_id(run_dir: Path) -> str:
     return new_id
 
 
+RUN_MARKERS = ("provenance.json", "checkpoints/last.ckpt", "metrics.json")
+"""Files that show a run directory already holds a run."""
+
+# Overrides a resumed run may not change: they decide what is trained (keys below these, too) ...
+FIXED_ON_RESUME = ("experiment", "seed", "head", "model", "augment", "mixup", "optim", "data")
+# ... except these, which only change how it runs.
+FREE_ON_RESUME = ("data.num_workers", "data.backend", "data.eval_batch_size", "model.compile")
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """Refuse (one line) to start a new run in a folder that holds one: its W&B run id, group and files
+    would be taken over by the new run, mixing two experiments under one name."""
+    found = [marker for marker in RUN_MARKERS if (run_dir / marker).is_file()]
+    if found:
+        raise OutputDirError(
+            f"{run_dir} already holds a run ({found[0]}); continue it with resume={run_dir}, or choose another "
+            "hydra.run.dir"
+        )
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _fixed(key: str) -> bool:
+    return key not in FREE_ON_RESUME and any(key == k or key.startswith(f"{k}.") for k in FIXED_ON_RESUME)
+
+
 def resume_overrides(run_dir: Path, extra: list[str]) -> list[str]:
-    """Command-line overrides that continue the run in ``run_dir``: its own overrides, then ``extra``."""
+    """Command-line overrides that continue the run in ``run_dir``: its own overrides, then ``extra``, which may
+    change how it runs (``trainer.max_epochs``, ``logger``, ``eval``, ...) but not what it trains
+    (:data:`FIXED_ON_RESUME`)."""
     saved = run_dir / ".hydra" / "overrides.yaml"
     if not saved.is_file():
         raise FileNotFoundError(
@@ -135,5 +165,14 @@ def resume_overrides(run_dir: Path, extra: list[str]) -> list[str]:
             f"resume={run_dir}: {checkpoint} not found; the run ended before its first checkpoint"
         )
     skip = ("resume=", "hydra.run.dir=", "paths.output_dir=")
-    original = [o for o in OmegaConf.load(saved) if not str(o).startswith(skip)]
+    original = [str(o) for o in OmegaConf.load(saved) if not str(o).startswith(skip)]
+    before = {_override_key(o): o for o in original}
+    for override in extra:
+        key = _override_key(override)
+        if _fixed(key) and before.get(key, "").lstrip("+~") != override.lstrip("+~"):
+            was = before.get(key, f"{key} at its default")
+            raise OutputDirError(
+                f"resume={run_dir} cannot change {key} ({was} -> {override}): a resumed run continues the same "
+                "experiment; start a new run for the new setting"
+            )
     return [*original, *extra, f"hydra.run.dir={run_dir}", f"resume={run_dir}"]
