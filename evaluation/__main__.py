@@ -14,6 +14,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from evaluation.config import compose_config
+from train.config import error_line
 
 EXPECTED_ERRORS = (ValueError, OSError, RuntimeError, HydraException, OmegaConfBaseException)
 
@@ -32,11 +33,7 @@ def main(args: list[str] | None = None) -> None:
 
         evaluate(cfg)
     except EXPECTED_ERRORS as err:
-        message = " ".join(str(err).split())
-        cause = err.__cause__
-        if isinstance(err, HydraException) and cause is not None:  # Hydra wraps the informative error
-            message = f"{message} ({' '.join(str(cause).split())})"
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {error_line(err)}", file=sys.stderr)
         sys.exit(2)
 
 

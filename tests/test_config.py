@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,8 @@ from omegaconf import OmegaConf
 
 from train.__main__ import CONFIG_DIR
 from train.augmentation import build_augment
-from train.config import Config, register_configs
-from train.validate import check_trainer_args, resolve_precision
+from train.config import Config, MixupConfig, OptimConfig, register_configs
+from train.validate import check_optim_and_mixup, check_trainer_args, matches, resolve_precision
 
 
 def compose_config(overrides: list[str]):
@@ -50,6 +51,26 @@ def test_trainer_keys_are_checked_against_lightning():
         check_trainer_args({"max_epoch": 1})
     with pytest.raises(ValueError, match="trainer.callbacks is set by the training program"):
         check_trainer_args({"callbacks": []})
+    with pytest.raises(
+        ValueError, match=r"trainer.max_epochs='abc' does not fit lightning.Trainer's max_epochs"
+    ):
+        check_trainer_args({"max_epochs": "abc"})
+    with pytest.raises(ValueError, match="trainer.precision='bf17' does not fit"):
+        check_trainer_args({"precision": "bf17"})
+    with pytest.raises(ValueError, match="trainer.max_epochs=True does not fit"):
+        check_trainer_args({"max_epochs": True})
+    check_trainer_args(
+        {"max_epochs": None, "limit_train_batches": 0.5, "devices": [0, 1], "precision": "bf16-mixed"}
+    )
+    check_trainer_args({"strategy": {"_target_": "lightning.pytorch.strategies.FSDPStrategy"}})  # made later
+    assert matches(1, float) and not matches(1.5, int) and matches("warn", bool | typing.Literal["warn"])
+    check_optim_and_mixup(OptimConfig(name="lookahead_adamw"), MixupConfig(mode="elem"))
+    with pytest.raises(ValueError, match="optim.name='bogus' is not a timm optimiser"):
+        check_optim_and_mixup(OptimConfig(name="bogus"), MixupConfig())
+    with pytest.raises(
+        ValueError, match=r"mixup.mode='bogus' is unknown; use one of \['batch', 'pair', 'elem'\]"
+    ):
+        check_optim_and_mixup(OptimConfig(), MixupConfig(mode="bogus"))
     assert resolve_precision({"precision": None}, has_cuda=False) == "32-true"
     assert resolve_precision({"precision": None}, has_cuda=True) == "bf16-mixed"
     assert resolve_precision({"precision": None, "accelerator": "cpu"}, has_cuda=True) == "32-true"
@@ -98,8 +119,14 @@ def test_cli_errors_are_one_line_and_early(tmp_path: Path, bench_root: Path, cac
     assert proc.returncode == 2
     assert "error: model.num_classes=10 but the data has 20 classes" in proc.stderr
 
-    proc = run_train(["data.bogus=1", f"hydra.run.dir={tmp_path / 'r3'}"], tmp_path, cache_dir, check=False)
-    assert proc.returncode != 0 and "Key 'bogus' not in 'DataConfig'" in proc.stderr
+    for override, message in (
+        ("data.bogus=1", "Key 'bogus' not in 'DataConfig'"),
+        ("data.batch_size=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
+        ("head=foo", "Could not find 'head/foo' Available options in 'head': sigmoid sigmoid_rsb softmax"),
+    ):
+        proc = run_train([override, f"hydra.run.dir={tmp_path / 'r3'}"], tmp_path, cache_dir, check=False)
+        assert proc.returncode == 2 and message in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1 and proc.stderr.startswith("error: ")
     assert not (tmp_path / "r3").exists()  # nothing started
 
 

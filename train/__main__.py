@@ -7,10 +7,13 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 import conf
-from train.config import register_configs
+from train.config import error_line, register_configs
 from train.run_dir import OutputDirError, check_new_run_dir, check_writable, resume_overrides
 
 CONFIG_DIR = str(Path(conf.__file__).parent)
@@ -52,13 +55,25 @@ def hydra_main(cfg: DictConfig) -> float | None:
     return results.get("val/imagenet/top1")
 
 
+def check_composes(args: list[str]) -> None:
+    """Compose the config of a single run as Hydra will, so that an unknown key, a wrong type or an unknown
+    option fails here, as one line, instead of as Hydra's multi-line report."""
+    with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
+        compose("config", overrides=args, return_hydra_config=True)
+
+
 def main() -> None:
     register_configs()
     try:
-        sys.argv = [sys.argv[0], *prepare_argv(sys.argv[1:])]
-    except (OutputDirError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        args = prepare_argv(sys.argv[1:])
+        if not any(
+            a.startswith("-") for a in args
+        ):  # Hydra's flags (-m, --cfg, --help, ...): Hydra's own way
+            check_composes(args)
+    except (OutputDirError, FileNotFoundError, HydraException, OmegaConfBaseException) as err:
+        print(f"error: {error_line(err)}", file=sys.stderr)
         sys.exit(2)
+    sys.argv = [sys.argv[0], *args]
     hydra_main()
 
 

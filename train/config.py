@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
 
 
 @dataclass
@@ -153,3 +154,13 @@ class Config:
 def register_configs() -> None:
     """Make the schema available to Hydra as ``base_config``."""
     ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def error_line(error: BaseException) -> str:
+    """One line for a command-line error: the message with its whitespace folded, plus the informative
+    error Hydra wraps (an unknown key, a wrong type)."""
+    message = " ".join(str(error).split())
+    cause = error.__cause__
+    if isinstance(error, HydraException) and cause is not None:
+        message = f"{message} ({' '.join(str(cause).split())})"
+    return message

@@ -42,7 +42,7 @@ from train.loggers import create_logger, restore_wandb_environment, run_tags, wa
 from train.module import ClassifierModule
 from train.run_dir import previous_group, run_id, write_config, write_json, write_provenance
 from train.scale import describe, global_batch, scaled_optim
-from train.validate import check_trainer_args, resolve_precision
+from train.validate import check_optim_and_mixup, check_trainer_args, resolve_precision
 
 log = logging.getLogger("train")
 
@@ -91,6 +91,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
     conf: Config = OmegaConf.to_object(cfg)  # typed, validated copy
     trainer_args = dict(conf.trainer)
     check_trainer_args(trainer_args)
+    check_optim_and_mixup(conf.optim, conf.mixup)
     head = create_head(**vars(conf.head))
     L.seed_everything(conf.seed, workers=True)
 
