@@ -91,17 +91,24 @@ def network_dtype(device: torch.device, precision: str, dtype: torch.dtype) -> t
 
 def check_probability(value: float, name: str) -> float:
     """Return ``value`` as a float, or raise a one-line ValueError unless it lies in [0, 1]."""
-    value = float(value)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value}")
-    return value
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+    return number
 
 
 def check_positive(value: int, name: str) -> int:
     """``value`` as an int >= 1, else a ValueError naming ``name``."""
-    if int(value) < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if number < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return number
 
 
 class RandomAugmentation(nn.Module):
