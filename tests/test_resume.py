@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import pandas as pd
 import pytest
 import torch
 from conftest import TINY, cli_env, run_train
@@ -18,7 +19,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
 from train.__main__ import CONFIG_DIR
-from train.config import register_configs
+from train.config import LoggerConfig, register_configs
+from train.loggers import create_logger
 from train.module import NonFiniteLossError
 from train.program import run
 from train.run_dir import OutputDirError, resume_overrides
@@ -211,3 +213,15 @@ def test_health_monitor_survives_a_mid_epoch_resume(tmp_path: Path):
     resumed = L.Trainer(max_epochs=1, callbacks=[monitor], default_root_dir=tmp_path, **common)
     resumed.fit(_TinyRegression(), data, ckpt_path=checkpoint)
     assert resumed.global_step == 8 and monitor.images == 5 * 4  # the rest of epoch 0, counted
+
+
+def test_a_resumed_csv_logger_keeps_the_earlier_rows(tmp_path: Path):
+    """Lightning's CSVLogger deletes an existing metrics.csv; each earlier segment is kept as metrics.<k>.csv."""
+    segments = []
+    for k in range(3):  # the first run, then two resumes
+        logger = create_logger(LoggerConfig(name="csv"), tmp_path, "run", "group", [], {}, None)
+        logger.log_metrics({"train/loss": float(k)}, step=k)
+        logger.save()
+        segments.append(pd.read_csv(tmp_path / "csv" / "metrics.csv"))
+    kept = [pd.read_csv(tmp_path / "csv" / f"metrics.{k}.csv") for k in range(2)]
+    assert [frame["train/loss"].tolist() for frame in [*kept, segments[-1]]] == [[0.0], [1.0], [2.0]]

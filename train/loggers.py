@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import netrc
 import os
@@ -73,6 +74,19 @@ def run_tags(experiment: str, head: str, augment: str, model: str, data: str, se
     ]
 
 
+def keep_earlier_csv(folder: Path) -> Path | None:
+    """Rename a resumed run's ``metrics.csv`` to the first free ``metrics.<k>.csv`` (k = 0, 1, ...), which
+    Lightning's CSVLogger would delete; returns the new name. The new segment writes ``metrics.csv``."""
+    current = folder / "metrics.csv"
+    if not current.is_file():
+        return None
+    kept = next(
+        folder / f"metrics.{k}.csv" for k in itertools.count() if not (folder / f"metrics.{k}.csv").exists()
+    )
+    current.rename(kept)
+    return kept
+
+
 def create_logger(
     cfg: LoggerConfig,
     run_dir: Path,
@@ -88,6 +102,7 @@ def create_logger(
     if cfg.name == "none":
         return None
     if cfg.name == "csv":
+        keep_earlier_csv(run_dir / "csv")
         return CSVLogger(save_dir=str(run_dir), name="csv", version="")
     if cfg.name != "wandb":
         raise ValueError(f"logger.name={cfg.name!r} is unknown; use wandb, csv or none")
