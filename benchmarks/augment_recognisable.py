@@ -39,6 +39,8 @@ def bicubic_round_trip(x: torch.Tensor) -> torch.Tensor:
 
 
 def main() -> None:
+    if any(a in ("-h", "--help") for a in sys.argv[1:]) or not all("=" in a for a in sys.argv[1:]):
+        raise SystemExit(__doc__)
     args = dict(a.split("=", 1) for a in sys.argv[1:])
     n = int(args.pop("images", 512))
     sizes = {key: int(args.pop(key)) if key in args else None for key in ("edsr_size", "cae_size")}

@@ -5,7 +5,7 @@ program's ``ClassifierModule`` (head loss, normalisation on the device, LR sched
 callbacks), the plain loop as normalise -> forward -> cross-entropy -> backward -> step. Prints
 the median step time of each and their ratio as the last line (target <= 1.05).
 
-    python benchmarks/train_step.py [--model resnet18] [--size 64] [--batch 64] [--steps 30] [--device cpu]
+    python -m benchmarks.train_step [--model resnet18] [--size 64] [--batch 64] [--steps 30] [--device cpu]
 """
 
 from __future__ import annotations

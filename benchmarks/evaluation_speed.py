@@ -1,6 +1,6 @@
 """Cost of scoring every variant against a bare forward pass over the same images.
 
-    python -m benchmarks.evaluation [--root <data root>] [--scale 0.2] [--model resnet18] [--image-size 64]
+    python -m benchmarks.evaluation_speed [--root <data root>] [--scale 0.2] [--model resnet18] [--image-size 64]
                                     [--batch 128] [--workers 2] [--device cpu] [--repeats 2] [--variants ...]
 
 Both sides use the same model, the same evaluation loaders (one per source folder, same batch size,
