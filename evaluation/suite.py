@@ -157,7 +157,7 @@ def build_suite(
     ``shards`` (and not redirected by ``paths``) is read from its shard set, image for image."""
     paths = dict(paths or {})
     for name in paths:  # eval.paths keys must be variant names
-        get_variant(name)
+        get_variant(name, key="eval.paths")
     sources: dict[str, EvalSource] = {}
     subsets: dict[str, torch.Tensor] = {}
 
@@ -214,7 +214,10 @@ def build_suite(
                     )
         except DataLayoutError as err:
             if strict:
-                raise
+                raise DataLayoutError(
+                    f"{err} (eval.strict=true: point eval.paths.{variant.name}=<folder> at it, or leave "
+                    f"{variant.name} out of eval.variants)"
+                ) from None
             log.warning("skipping variant %s: %s", variant.name, err)
             continue
         source.variants.append(variant)

@@ -59,11 +59,9 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def get_variant(name: str) -> Variant:
-    """The variant called ``name``; a clear error lists the known ones."""
+def get_variant(name: str, key: str = "eval.variants") -> Variant:
+    """The variant called ``name``; a clear error naming the config ``key`` lists the known ones."""
     try:
         return VARIANTS[name]
     except KeyError:
-        raise ValueError(
-            f"eval.variants has unknown variant {name!r}; known: {', '.join(VARIANTS)}"
-        ) from None
+        raise ValueError(f"{key} has unknown variant {name!r}; known: {', '.join(VARIANTS)}") from None

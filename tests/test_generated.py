@@ -15,9 +15,9 @@ from torchvision.transforms.functional import to_tensor
 from evaluation.callback import VariantEvaluator
 from evaluation.corruptions import COMMON_CORRUPTIONS, corrupt
 from evaluation.generated import GeneratedCorruptions, image_generator
-from evaluation.suite import C_NAMES, VAL, EvalSource, EvalSuite
+from evaluation.suite import C_NAMES, VAL, EvalSource, EvalSuite, build_suite
 from evaluation.variants import get_variant
-from train.data.folder import ImageFolderDataset, scan_folder
+from train.data.folder import DataLayoutError, ImageFolderDataset, scan_folder
 from train.heads import SoftmaxHead
 
 
@@ -126,3 +126,22 @@ def test_generated_forwards_run_in_the_precision_of_the_validation_steps(
     assert len(model.output_dtypes) > clean_passes + len(COMMON_CORRUPTIONS)  # C grid and P passes ran
     assert set(model.output_dtypes) == {dtype}
     assert evaluator.results["val/imagenet-c-gen/n"] == 2 * 75 and evaluator.results["val/imagenet-p/n"] == 1
+
+
+def test_eval_paths_and_strict_errors_name_their_keys(bench_root: Path, tmp_path: Path):
+    classes = sorted(p.name for p in (bench_root / "train").iterdir())
+    with pytest.raises(ValueError, match="eval.paths has unknown variant 'bogus'"):
+        build_suite(
+            ["imagenet"], bench_root, classes, lambda x: x, "benchmark", paths={"bogus": str(tmp_path)}
+        )
+    missing = {"imagenet-sketch": str(tmp_path / "nowhere")}
+    with pytest.raises(
+        DataLayoutError, match="eval.strict=true: point eval.paths.imagenet-sketch=<folder> at it"
+    ):
+        build_suite(
+            ["imagenet-sketch"], bench_root, classes, lambda x: x, "benchmark", paths=missing, strict=True
+        )
+    suite = build_suite(
+        ["imagenet", "imagenet-sketch"], bench_root, classes, lambda x: x, "benchmark", paths=missing
+    )
+    assert [v.name for source in suite.sources for v in source.variants] == ["imagenet"]  # skipped, warned

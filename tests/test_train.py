@@ -71,6 +71,7 @@ def test_training_run_writes_every_output(tmp_path: Path, bench_root: Path, cach
 
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["experiment"] == experiment and config["head"]["name"] == experiment.split("_")[0]
+    assert config["paths"]["output_dir"] == str(run_dir)  # the folder hydra.run.dir= chose
     provenance = json.loads((run_dir / "provenance.json").read_text())
     assert provenance["benchmark_sha256"] == benchmark_hash(bench_root)
     assert {"torch", "lightning", "timm"} <= set(provenance["packages"])

@@ -117,6 +117,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
     group = group_name(conf, run_dir)
     provenance = {"git_commit": None}
     if rank_zero:
+        cfg.paths.output_dir = str(run_dir)  # the real folder, also when hydra.run.dir= chose it
         write_config(run_dir, cfg)
         provenance = write_provenance(
             run_dir,
