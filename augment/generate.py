@@ -118,14 +118,7 @@ def generate(
 ) -> dict[str, int]:
     """Write the EDSR / CAE copies of one shard; returns {'written': n, 'skipped': n, 'unreadable': n} (counted per
     source image; skipped: both copies already there)."""
-    if size < MIN_CAE_SIZE or size % 4:
-        raise ValueError(
-            f"size must be a multiple of 4 and >= {MIN_CAE_SIZE} (the CAE's minimum), got {size}"
-        )
-    if batch_size < 1 or workers < 0:
-        raise ValueError(
-            f"need batch_size >= 1 and workers >= 0, got batch_size={batch_size} workers={workers}"
-        )
+    check_options(size, batch_size, workers)
     root, out = Path(data_root).expanduser() / split, Path(out).expanduser()
     files = shard_files(list_images(root), shard, num_shards, shard_by)
     augments = [
