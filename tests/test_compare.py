@@ -2,7 +2,9 @@
 multirun, W&B offline without key or network): the offline W&B runs hold the final scores, group
 and tags; the report's diffs, means and stds equal numpy's on the runs' metrics.json values; the
 bootstrap intervals equal a direct numpy computation on the saved logits; a resumed run's offline
-W&B folders are merged and keep the sweep's group; bad input stops with one line."""
+W&B folders are merged and keep the sweep's group; W&B runs of one name and duplicate sources stay
+apart or count once; folders that are not finished training runs are left out with a warning; bad
+input stops with one line."""
 
 from __future__ import annotations
 
@@ -16,10 +18,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import TINY, cli_env, run_train
+from omegaconf import OmegaConf
 from test_train import leet_summary
 
+from evaluation.compare.__main__ import main as compare_main
 from evaluation.compare.bootstrap import bootstrap_difference, paired_correct, resample_indices
-from evaluation.compare.sources import load_runs, offline_folders
+from evaluation.compare.report import write_report
+from evaluation.compare.sources import Run, SourceError, load_runs, offline_folders
+from evaluation.compare.table import ID_COLUMNS, add_diffs, baseline_rows, metric_columns, runs_frame
+from evaluation.config import EvaluateConfig
 
 EXPERIMENTS = ("softmax_baseline", "sigmoid_baseline")
 SEEDS = (0, 1)
@@ -206,3 +213,134 @@ def test_resumed_offline_run_folders_are_merged(sweep: Path, tmp_path: Path, cac
         assert run.metrics[key] == pytest.approx(scores[key])
     assert run.experiment == "softmax_baseline" and run.seed == 0
     assert run.group == "grid_heads"  # the resumed sweep job stays in its sweep's W&B group
+    (separately,) = load_runs([str(f) for f in sorted((run_dir / "wandb").glob("offline-run-*"))])
+    assert separately.metrics == run.metrics  # its folders named one by one: still one run, merged
+
+
+def copy_run(run_dir: Path, to: Path, seed: int | None = None) -> Path:
+    """The files compare reads of a finished run (config.yaml, metrics.json), optionally as another seed."""
+    to.mkdir(parents=True)
+    config = OmegaConf.load(run_dir / "config.yaml")
+    config.seed = config.seed if seed is None else seed
+    OmegaConf.save(config, to / "config.yaml")
+    shutil.copy(run_dir / "metrics.json", to / "metrics.json")
+    return to
+
+
+def compare_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The warning lines of the compare package."""
+    return [r.getMessage() for r in caplog.records if r.name.startswith("evaluation.compare")]
+
+
+def test_same_named_wandb_runs_get_unique_names(sweep: Path, tmp_path: Path):
+    runs = load_runs([str(f) for f in sorted(sweep.glob("*/wandb/offline-run-*"))])
+    run_ids = {
+        f"{e}-{(sweep / f'{e}_seed{s}' / 'wandb_run_id.txt').read_text().strip()}"
+        for e in EXPERIMENTS
+        for s in SEEDS
+    }
+    assert {r.name for r in runs} == run_ids  # W&B names runs after their experiment: qualified by run id
+    report = write_report(runs, tmp_path / "out", "softmax_baseline", "run", ["top1"], resamples=10)
+    table = pd.read_csv(report.parent / "comparison.csv", index_col="run")
+    for run in runs:
+        own, base = metrics(sweep, run.experiment, run.seed), metrics(sweep, "softmax_baseline", run.seed)
+        key = "val/imagenet/top1"
+        assert table.loc[run.name, key] == pytest.approx(own[key])
+        assert table.loc[run.name, f"{key} diff"] == pytest.approx(own[key] - base[key], abs=1e-9)
+
+
+def test_evaluation_output_folder_is_left_out(sweep: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    run_dir = copy_run(sweep / "softmax_baseline_seed0", tmp_path / "run")
+    evaluation = tmp_path / "eval"
+    evaluation.mkdir()
+    conf = OmegaConf.structured(EvaluateConfig(checkpoint=str(run_dir / "checkpoints" / "last.ckpt")))
+    OmegaConf.save(conf, evaluation / "config.yaml")  # as `python -m evaluation` writes it
+    shutil.copy(run_dir / "metrics.json", evaluation / "metrics.json")
+    (run,) = load_runs([str(evaluation), str(run_dir)])
+    assert run.run_dir == run_dir.resolve() and run.experiment == "softmax_baseline"
+    (warning,) = compare_warnings(caplog)
+    assert str(evaluation) in warning and "python -m evaluation" in warning
+    with pytest.raises(SourceError, match="python -m evaluation` output folder"):
+        load_runs([str(evaluation)])
+
+
+def test_duplicate_sources_count_once_and_repeated_seeds_warn(
+    sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    run_dir = copy_run(sweep / "softmax_baseline_seed0", tmp_path / "soft")
+    rerun = copy_run(sweep / "softmax_baseline_seed1", tmp_path / "soft_rerun", seed=0)
+    monkeypatch.chdir(tmp_path)
+    (run,) = load_runs(["soft", "soft", str(run_dir), "./soft/"])
+    assert run.name == "soft" and run.run_dir == run_dir.resolve()
+    report = write_report(load_runs(["soft", "soft_rerun"]), tmp_path / "out", resamples=10)
+    (warning,) = compare_warnings(caplog)
+    assert "softmax_baseline seed 0 x2" in warning
+    table = pd.read_csv(report.parent / "comparison.csv", index_col="experiment")
+    assert table.loc["softmax_baseline", "n_seeds"] == 2 and rerun.name in report.read_text()
+
+
+def test_qualified_and_corruption_metric_names():
+    def run(name: str, experiment: str, base: float) -> Run:
+        keys = ("imagenet-o/auroc", "imagenet-o/max_logit/auroc", "imagenet-c/snow/ce", "imagenet-c/fog/ce")
+        scores = {f"val/{k}": base + i for i, k in enumerate(keys)} | {"val/imagenet/top1": base}
+        return Run(name, experiment, "softmax", "none", "test_resnet", 0, scores)
+
+    runs = [run("a", "softmax_baseline", 0.0), run("b", "sigmoid_baseline", 10.0)]
+    assert metric_columns(runs, ["max_logit/auroc"]) == ["val/imagenet-o/max_logit/auroc"]
+    assert metric_columns(runs, ["auroc"]) == ["val/imagenet-o/auroc"]  # not its qualified kin
+    assert metric_columns(runs, ["ce", "top1"]) == [
+        "val/imagenet/top1",
+        "val/imagenet-c/fog/ce",
+        "val/imagenet-c/snow/ce",
+    ]
+    frame = runs_frame(runs, metric_columns(runs, ["max_logit/auroc", "ce"]))
+    diffs = add_diffs(frame, baseline_rows(frame, "a", False), list(frame.columns[len(ID_COLUMNS) :]))
+    assert list(diffs["val/imagenet-c/fog/ce diff"]) == [0.0, 10.0]
+    assert list(diffs["val/imagenet-o/max_logit/auroc"]) == [1.0, 11.0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--resamples", "0"], "--resamples 0: give 1 or more"),
+        (["--resamples", "-5"], "--resamples -5: give 1 or more"),
+        (["--out", "afile"], "--out afile is a file; give a folder"),
+    ],
+)
+def test_bad_options_stop_with_one_line(
+    args: list[str],
+    message: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("")
+    assert compare_main(["run", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_crashed_job_in_sweep_folder_is_left_out(
+    sweep: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    folder = tmp_path / "sweep"
+    for experiment in EXPERIMENTS:
+        copy_run(sweep / f"{experiment}_seed0", folder / experiment)
+    crashed = folder / "crashed"
+    crashed.mkdir()
+    shutil.copy(sweep / "softmax_baseline_seed1" / "config.yaml", crashed / "config.yaml")
+    runs = load_runs([str(folder)])
+    assert sorted(r.name for r in runs) == sorted(EXPERIMENTS)
+    (warning,) = compare_warnings(caplog)
+    assert str(crashed) in warning and "not a finished" in warning and "left out" in warning
+    with pytest.raises(SourceError, match="crashed is not a finished"):
+        load_runs([str(crashed)])
+
+
+def test_single_run_warns_nothing_to_compare(sweep: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    runs = load_runs([str(copy_run(sweep / "sigmoid_baseline_seed1", tmp_path / "only"))])
+    report = write_report(runs, tmp_path / "out", resamples=10)
+    (warning,) = compare_warnings(caplog)
+    assert warning.startswith("only one run (only): nothing to compare")
+    assert "1 runs" in report.read_text()

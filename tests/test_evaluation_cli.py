@@ -21,7 +21,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from evaluation.__main__ import main
-from evaluation.compare.sources import load_runs, offline_folders, offline_record
+from evaluation.compare.sources import SourceError, load_runs, offline_folders, offline_record
 from evaluation.config import compose_config
 from evaluation.suite import C_NAMES
 from train.data.folder import scan_folder
@@ -135,7 +135,8 @@ def test_wandb_evaluation_run_is_job_type_eval_in_the_runs_group(run_dir: Path, 
     assert "val/imagenet/top1" in keys
     for key in keys:
         assert record["summary"][key] == pytest.approx(scored[key]), key
-    assert load_runs([str(out / "wandb")]) == []  # the report compares training runs only
+    with pytest.raises(SourceError, match="is a `python -m evaluation` W&B run"):  # training runs only
+        load_runs([str(out / "wandb")])
 
 
 def test_results_csv_has_timms_columns_and_diffs(evaluated: Path):

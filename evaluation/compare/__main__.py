@@ -11,6 +11,15 @@ from evaluation.compare.sources import SourceError, load_runs
 from evaluation.compare.table import DEFAULT_METRICS, CompareError
 
 
+def option_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``--resamples`` or ``--out`` (checked before any run is read), else None."""
+    if args.resamples < 1:
+        return f"--resamples {args.resamples}: give 1 or more bootstrap resamples (default 1000)"
+    if args.out.exists() and not args.out.is_dir():
+        return f"--out {args.out} is a file; give a folder for the report (it is made if missing)"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, write the report, print its path; 2 with one line on bad input."""
     parser = argparse.ArgumentParser(prog="python -m evaluation.compare", description=__doc__)
@@ -26,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     args = parser.parse_args(argv)
+    if (problem := option_problem(args)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     from evaluation.compare.report import write_report  # after argument checks: imports torch
 
     try:

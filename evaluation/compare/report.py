@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,8 @@ from evaluation.compare.table import (
 )
 from evaluation.variants import VARIANTS
 
+log = logging.getLogger(__name__)
+
 
 def baseline_run(runs: Sequence[Run], baseline: str) -> Run:
     """The run named ``baseline``, else the first run of the experiment ``baseline``."""
@@ -33,6 +36,20 @@ def baseline_run(runs: Sequence[Run], baseline: str) -> Run:
             return run
     names = sorted({*(r.name for r in runs), *(r.experiment for r in runs)})
     raise CompareError(f"--baseline {baseline} is unknown; give one of: {', '.join(names)}")
+
+
+def warn_thin_comparison(frame: pd.DataFrame) -> None:
+    """One warning line for a single run (nothing to compare with) and one for seeds an experiment
+    has twice (its mean ± std would count them as separate seeds)."""
+    if len(frame) == 1:
+        log.warning("only one run (%s): nothing to compare it with, every difference is 0", frame.index[0])
+    counts = frame.groupby(["experiment", "seed"], sort=False).size()
+    repeated = [f"{experiment} seed {seed} x{n}" for (experiment, seed), n in counts.items() if n > 1]
+    if repeated:
+        log.warning(
+            "same seed twice in one experiment (%s): its mean ± std counts them as separate seeds",
+            ", ".join(repeated),
+        )
 
 
 def difference_cell(row: pd.Series) -> str:
@@ -67,6 +84,7 @@ def write_report(
     columns = metric_columns(runs, list(metrics))
     base_run = baseline_run(runs, baseline or runs[0].name)
     per_run = runs_frame(runs, columns)
+    warn_thin_comparison(per_run)
     several = per_run.groupby("experiment").size().max() > 1
     per_experiment = rows == "experiment" or (rows == "auto" and several)
     if per_experiment:

@@ -5,7 +5,8 @@
   W&B group of its offline run (``wandb/offline-run-*``) when there is one. A folder holding run
   directories (a Hydra sweep folder) stands for all of them.
 - An offline W&B run folder (``offline-run-*``) or a ``wandb`` folder holding them, read without a
-  server by ``wandb leet inspect``; the folders of a resumed run (one id) are merged, later wins.
+  server by ``wandb leet inspect``; the folders of a resumed run (one id) are merged, later wins,
+  also when they are named separately (``wandb/offline-run-*``).
 - ``wandb://entity/project/group``: every run of that group, via ``wandb.Api`` (needs the network
   and an API key; not exercised by the tests, which have neither).
 """
@@ -35,16 +36,21 @@ class SourceError(ValueError):
     """A compare source cannot be read (the message names it and the fix)."""
 
 
+class NotTrainingRun(SourceError):
+    """A folder without a finished training run (a crashed job, a ``python -m evaluation`` output)."""
+
+
 @dataclass
 class Run:
     """One compared run.
 
     Attributes:
-        name: row label (the run directory's or the W&B run's name).
+        name: row label (the run directory's or the W&B run's name, qualified when repeated).
         experiment, head, augment, model, seed: what it trained (runs are paired on these).
         metrics: final scores ``{"val/<variant>/<metric>": value}`` of the final weights.
         group: its W&B group, when known.
         run_dir: where its ``logits/<variant>.npz`` files are, when it has them.
+        run_id: its W&B run id, when it was read from W&B.
     """
 
     name: str
@@ -56,6 +62,7 @@ class Run:
     metrics: dict[str, float]
     group: str | None = None
     run_dir: Path | None = None
+    run_id: str | None = None
 
     def logits_file(self, variant: str) -> Path | None:
         """``<run dir>/logits/<variant>.npz`` if this run saved it."""
@@ -143,16 +150,17 @@ def offline_folders(path: Path) -> dict[str, list[Path]]:
     return by_id
 
 
-def run_from_wandb(record: dict[str, Any], fallback_name: str) -> Run:
-    """A :class:`Run` from a W&B run's flat config and summary (online or offline)."""
+def run_from_wandb(record: dict[str, Any], run_id: str) -> Run:
+    """A :class:`Run` from a W&B run's flat config and summary (online or offline); ``run_id`` is
+    also its name when the record has none."""
     config = record["config"]
     missing = [k for k in ("experiment", "head", "augment", "model.name", "seed") if k not in config]
     if missing:
         raise SourceError(
-            f"W&B run {fallback_name}: config has no {', '.join(missing)}; it was not logged by `python -m train`"
+            f"W&B run {run_id}: config has no {', '.join(missing)}; it was not logged by `python -m train`"
         )
     return Run(
-        name=record.get("name") or fallback_name,
+        name=record.get("name") or run_id,
         experiment=str(config["experiment"]),
         head=str(config["head"]),
         augment=str(config["augment"]),
@@ -160,11 +168,13 @@ def run_from_wandb(record: dict[str, Any], fallback_name: str) -> Run:
         seed=int(config["seed"]),
         metrics=final_scores(record["summary"]),
         group=record.get("group"),
+        run_id=run_id,
     )
 
 
 def run_from_dir(run_dir: Path) -> Run:
-    """A :class:`Run` from a ``python -m train`` run directory (see the module docstring)."""
+    """A :class:`Run` from a ``python -m train`` run directory (see the module docstring); raises
+    :class:`NotTrainingRun` for an unfinished run or a ``python -m evaluation`` output folder."""
     config_file = run_dir / "config.yaml"
     if (run_dir / "metrics.json").is_file():
         metrics = final_scores(json.loads((run_dir / "metrics.json").read_text()))
@@ -173,13 +183,15 @@ def run_from_dir(run_dir: Path) -> Run:
     else:
         metrics = {}
     if not config_file.is_file() or not metrics:
-        raise SourceError(
+        raise NotTrainingRun(
             f"{run_dir} is not a finished `python -m train` run directory (needs config.yaml and "
-            "metrics.json or history.csv); give run directories, a sweep folder or offline W&B runs"
+            "metrics.json or history.csv)"
         )
     from train.program import augment_name  # here: train.program imports this package
 
     cfg = OmegaConf.load(config_file)
+    if "checkpoint" in cfg:  # a field of evaluation's config only
+        raise NotTrainingRun(f"{run_dir} is a `python -m evaluation` output folder, not a training run")
     group = None
     for folders in offline_folders(run_dir / "wandb").values():
         group = offline_record(folders)["group"]
@@ -229,35 +241,63 @@ def wandb_group(url: str) -> list[Run]:
     return runs
 
 
+def unique_names(runs: list[Run]) -> None:
+    """Qualify repeated run names: a run directory's by its parent folder, a W&B run's (named after
+    its experiment, so repeated over seeds) by its run id."""
+    names = [r.name for r in runs]
+    for run in runs:
+        if names.count(run.name) > 1:
+            run.name = f"{run.run_dir.parent.name}/{run.name}" if run.run_dir else f"{run.name}-{run.run_id}"
+
+
 def load_runs(sources: list[str]) -> list[Run]:
-    """Every run named by ``sources`` (run dirs, sweep folders, offline W&B folders, wandb:// URLs)."""
-    runs: list[Run] = []
+    """Every run named by ``sources`` (run dirs, sweep folders, offline W&B folders, wandb:// URLs),
+    in source order. A run named twice (same folder, same W&B run id) counts once; the offline
+    folders of one W&B run id are merged wherever they were named. Folders without a finished
+    training run are left out with a warning each, an error when no run is left."""
+    entries: list[Path | str] = []  # resolved run dirs, W&B run ids and wandb:// groups
+    offline: dict[str, list[Path]] = {}  # W&B run id -> its offline-run folders, over all sources
     for source in sources:
+        path = Path(source).resolve()
         if source.startswith(WANDB_URL):
-            runs.extend(wandb_group(source))
-            continue
-        path = Path(source)
-        if not path.is_dir():
+            found: list[Path | str] = [source]
+        elif not path.is_dir():
             raise SourceError(
                 f"{source} is not a folder; give run directories, a sweep folder or wandb://..."
             )
-        if (path / "config.yaml").is_file():
-            runs.append(run_from_dir(path))
+        elif (path / "config.yaml").is_file():
+            found = [path]
         elif children := sorted(p.parent for p in path.glob("*/config.yaml")):
-            runs.extend(run_from_dir(child) for child in children)
+            found = list(children)
         elif by_id := offline_folders(path):
-            records = {run_id: offline_record(f) for run_id, f in by_id.items()}
-            trained = {k: r for k, r in records.items() if r.get("job_type") != EVAL_JOB}
-            skip_evaluations(source, len(records) - len(trained))
-            runs.extend(run_from_wandb(record, run_id) for run_id, record in trained.items())
+            found = list(by_id)
+            for run_id, folders in by_id.items():
+                offline[run_id] = sorted({*offline.get(run_id, []), *folders})
         else:
             raise SourceError(
                 f"{source} is not a run directory, a folder of run directories or an offline W&B run; "
                 "give the folder `python -m train` printed as its run directory"
             )
-    names = [r.name for r in runs]
-    if len(set(names)) < len(names):
-        for run in runs:  # same folder names from different sweeps: qualify by the parent
-            if names.count(run.name) > 1 and run.run_dir is not None:
-                run.name = f"{run.run_dir.parent.name}/{run.name}"
+        entries.extend(entry for entry in found if entry not in entries)
+    runs: list[Run] = []
+    skipped: list[str] = []
+    for entry in entries:
+        if isinstance(entry, Path):
+            try:
+                runs.append(run_from_dir(entry))
+            except NotTrainingRun as err:
+                skipped.append(str(err))
+        elif entry.startswith(WANDB_URL):
+            runs.extend(wandb_group(entry))
+        elif (record := offline_record(offline[entry])).get("job_type") == EVAL_JOB:
+            skipped.append(f"{offline[entry][-1]} is a `python -m evaluation` W&B run (job_type={EVAL_JOB})")
+        else:
+            runs.append(run_from_wandb(record, entry))
+    if skipped and not runs:
+        raise SourceError(
+            f"{'; '.join(skipped)}; give run directories, a sweep folder or offline W&B runs of `python -m train`"
+        )
+    for reason in skipped:
+        log.warning("%s: left out", reason)
+    unique_names(runs)
     return runs

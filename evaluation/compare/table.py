@@ -26,20 +26,28 @@ class CompareError(ValueError):
 
 
 def metric_columns(runs: Sequence[Run], metrics: Sequence[str]) -> list[str]:
-    """Keys ``val/<variant>/<metric>`` with ``metric`` in ``metrics`` that every run has, ordered
-    by variant (as in :data:`evaluation.variants.VARIANTS`) then by ``metrics``."""
-    common = set.intersection(
-        *({k for k in run.metrics if k.count("/") == 2 and k.rsplit("/", 1)[1] in metrics} for run in runs)
-    )
-    if not common:
+    """Keys ``val/<variant>/<metric>`` with ``<metric>`` in ``metrics`` that every run has, ordered
+    by variant (as in :data:`evaluation.variants.VARIANTS`), then by ``metrics``, then by key.
+
+    ``<metric>`` may be qualified (``max_logit/auroc``); a name logged only qualified (``ce``, one per
+    corruption) picks every key ending in ``/<name>``.
+    """
+    common = set.intersection(*(set(run.metrics) for run in runs))
+    names = {key: key.split("/", 2)[2] for key in common if key.startswith("val/") and key.count("/") >= 2}
+    logged = set(names.values())
+    rank: dict[str, int] = {}
+    for key, name in names.items():
+        for i, metric in enumerate(metrics):
+            if name == metric or (metric not in logged and name.endswith(f"/{metric}")):
+                rank[key] = i
+                break
+    if not rank:
         raise CompareError(
             f"no metric among {', '.join(metrics)} is common to all {len(runs)} runs; "
             "compare runs scored on the same variants or choose --metrics"
         )
     order = {name: i for i, name in enumerate(VARIANTS)}
-    return sorted(
-        common, key=lambda k: (order.get(k.split("/")[1], len(order)), metrics.index(k.rsplit("/", 1)[1]))
-    )
+    return sorted(rank, key=lambda k: (order.get(k.split("/")[1], len(order)), rank[k], k))
 
 
 def runs_frame(runs: Sequence[Run], columns: Sequence[str]) -> pd.DataFrame:
