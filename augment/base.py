@@ -44,12 +44,18 @@ def check_images(x: Tensor, name: str, multiple: int = 1) -> None:
             f"{name} needs H and W divisible by {multiple}, got {tuple(x.shape[-2:])}; "
             f"use a training resolution that is a multiple of {multiple}"
         )
+    check_pixel_range(x, name)
+
+
+def check_pixel_range(x: Tensor, name: str) -> None:
+    """Raise a one-line ValueError unless the float batch ``x`` lies in [0, 1] within :data:`RANGE_TOLERANCE`
+    (reads its min and max: one device synchronisation)."""
     if x.numel():
         low, high = (float(v) for v in torch.aminmax(x.detach()))
         if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
             raise ValueError(
                 f"{name} expects pixel values in [0, 1], got values in [{low:.4g}, {high:.4g}]: divide 0-255 "
-                "images by 255 and normalise after augmenting"
+                "images by 255 (and normalise afterwards)"
             )
 
 

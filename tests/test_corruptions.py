@@ -461,6 +461,11 @@ def test_bad_input_is_refused_with_a_clear_message():
         perturbation_sequence(image, "rain")
     with pytest.raises(ValueError, match="difficulty"):
         perturbation_sequence(image, "gaussian_noise", difficulty=4)
+    for bad in (image * 255, image - 0.5):  # 0-255 floats, a normalised-like tensor: never a silent clamp
+        with pytest.raises(ValueError, match=r"images expects pixel values in \[0, 1\], got values in"):
+            corrupt(bad, "gaussian_noise", 3)
+        with pytest.raises(ValueError, match="divide 0-255 images by 255"):
+            perturbation_sequence(bad, "gaussian_noise")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

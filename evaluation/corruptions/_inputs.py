@@ -5,12 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from augment.base import check_pixel_range
+
 REFERENCE_SIZE = 224
 """Image size (px) the reference's pixel-sized parameters were chosen for."""
 
 
 def check_images(images: Tensor, generator: torch.Generator | None) -> None:
-    """Raise a one-line error unless ``images`` is a float [B, 3, H, W] batch of at least 8x8 px
+    """Raise a one-line error unless ``images`` is a float [B, 3, H, W] batch in [0, 1] of at least 8x8 px
     and ``generator`` (if any) lives on the same kind of device."""
     if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
@@ -21,6 +23,7 @@ def check_images(images: Tensor, generator: torch.Generator | None) -> None:
         raise TypeError(f"images must be float in [0, 1], got {images.dtype}: use images.float() / 255")
     if min(images.shape[-2:]) < 8:
         raise ValueError(f"images must be at least 8x8 pixels, got {tuple(images.shape[-2:])}")
+    check_pixel_range(images, "images")
     if generator is not None and generator.device.type != images.device.type:
         raise ValueError(
             f"generator is on {generator.device} but images on {images.device}: "
