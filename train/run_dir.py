@@ -127,8 +127,15 @@ RUN_MARKERS = ("provenance.json", "checkpoints/last.ckpt", "metrics.json")
 
 # Overrides a resumed run may not change: they decide what is trained (keys below these, too) ...
 FIXED_ON_RESUME = ("experiment", "seed", "head", "model", "augment", "mixup", "optim", "data")
-# ... except these, which only change how it runs.
-FREE_ON_RESUME = ("data.num_workers", "data.backend", "data.eval_batch_size", "model.compile")
+# ... except these, which only change how it runs or where the same data lies (moved to another disk).
+FREE_ON_RESUME = (
+    "data.num_workers",
+    "data.backend",
+    "data.eval_batch_size",
+    "data.root",
+    "data.shards",
+    "model.compile",
+)
 
 
 def check_new_run_dir(run_dir: Path) -> None:
