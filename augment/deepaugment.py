@@ -56,19 +56,20 @@ def load_network(net: nn.Module, path: str | Path, arg: str) -> nn.Module:
     except Exception as error:  # unpickling errors come in many types
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"{arg}={path} is not a readable torch checkpoint ({reason[:120]})") from error
-    expected = net.state_dict()
-    if not isinstance(state, dict) or set(state) != set(expected):
-        keys = set(state) if isinstance(state, dict) else set()
-        missing, extra = sorted(set(expected) - keys), sorted(keys - set(expected))
+    if not isinstance(state, dict):
+        raise ValueError(f"{arg}={path} holds a {type(state).__name__}, not a {kind} state dict")
+    try:  # strict=False reports the keys instead of raising; the net is discarded if any are off
+        keys = net.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shapes that do not fit
+        reason = str(error).strip().splitlines()[-1].strip()
+        raise ValueError(f"{arg}={path} has {kind} keys of the wrong shape ({reason[:160]})") from None
+    if keys.missing_keys or keys.unexpected_keys:
+        missing, extra = keys.missing_keys, keys.unexpected_keys
         raise ValueError(
             f"{arg}={path} is not a public-format {kind} checkpoint ({len(missing)} missing keys, e.g. "
             f"{missing[:2]}; {len(extra)} unexpected, e.g. {extra[:2]}); check that edsr_weights and "
             "cae_weights are not swapped"
         )
-    wrong = [k for k, v in state.items() if not isinstance(v, Tensor) or v.shape != expected[k].shape]
-    if wrong:
-        raise ValueError(f"{arg}={path} has {kind} keys of the wrong shape: {wrong[:3]}")
-    net.load_state_dict(state, strict=True)
     return net.requires_grad_(False).eval()
 
 

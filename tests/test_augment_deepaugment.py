@@ -261,6 +261,16 @@ def test_clear_errors(weights, tmp_path: Path):
     (tmp_path / "text.pt").write_text("root:x:0:0:root:/root:/bin/bash\n")
     with pytest.raises(ValueError, match="cae_weights=.*not a readable torch checkpoint"):
         DeepAugment(cae_weights=str(tmp_path / "text.pt"), p_edsr=0.0)
+    state = torch.load(weights["edsr_weights"], weights_only=True)
+    state["head.0.weight"] = state["head.0.weight"][:8]  # 8 of its 64 output channels
+    torch.save(state, tmp_path / "cut.pt")
+    with pytest.raises(
+        ValueError, match=r"edsr_weights=.*cut.pt has EDSR keys of the wrong shape \(.*head.0.weight"
+    ):
+        DeepAugment(edsr_weights=str(tmp_path / "cut.pt"), p_cae=0.0)
+    torch.save([torch.zeros(1)], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="holds a list, not a CAE state dict"):
+        DeepAugment(cae_weights=str(tmp_path / "list.pt"), p_edsr=0.0)
     with pytest.raises(ValueError, match="edsr_weight_draws"):
         DeepAugment(**weights, edsr_weight_draws=-2)
 
