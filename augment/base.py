@@ -51,7 +51,7 @@ def check_pixel_range(x: Tensor, name: str) -> None:
     """Raise a one-line ValueError unless the float batch ``x`` lies in [0, 1] within :data:`RANGE_TOLERANCE`
     (reads its min and max: one device synchronisation)."""
     if x.numel():
-        low, high = (float(v) for v in torch.aminmax(x.detach()))
+        low, high = torch.stack(torch.aminmax(x.detach())).tolist()  # one transfer
         if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
             raise ValueError(
                 f"{name} expects pixel values in [0, 1], got values in [{low:.4g}, {high:.4g}]: divide 0-255 "

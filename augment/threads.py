@@ -41,8 +41,8 @@ def thread_balanced_parts(n: int, max_size: int) -> list[tuple[int, int]]:
 def run_on_cpu_threads(tasks: Sequence[Callable[[], None]]) -> None:
     """Call every task once, on min(tasks, ``torch.get_num_threads()``) threads that share torch's
     threads between them (one intra-op thread each on a 2-core machine), under ``torch.no_grad`` and
-    the caller's inference mode; in the calling thread when there is one thread or one task. Returns when all have finished;
-    the first exception is raised after that."""
+    the caller's inference mode; in the calling thread when there is one thread or one task. Returns
+    when all have finished; the first exception is raised after that."""
     threads = torch.get_num_threads()
     workers = min(threads, len(tasks))
     if workers == 1:

@@ -66,9 +66,8 @@ def main() -> None:
     register_configs()
     try:
         args = prepare_argv(sys.argv[1:])
-        if not any(
-            a.startswith("-") for a in args
-        ):  # Hydra's flags (-m, --cfg, --help, ...): Hydra's own way
+        hydra_flags = any(a.startswith("-") for a in args)  # -m, --cfg, --help, ...: left to Hydra
+        if not hydra_flags:
             check_composes(args)
     except (OutputDirError, FileNotFoundError, HydraException, OmegaConfBaseException) as err:
         print(f"error: {error_line(err)}", file=sys.stderr)

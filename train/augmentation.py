@@ -81,8 +81,8 @@ def check_augment_values(cfg: DictConfig) -> None:
     """Instantiate ``cfg`` with its DeepAugment nodes network-free (no weights, probabilities 0; those are
     checked on their own), so a bad value fails with its one-line error before any pretraining."""
     probe = copy.deepcopy(cfg)
+    defaults = inspect.signature(DeepAugment).parameters
     for node in deepaugment_nodes(probe):
-        defaults = inspect.signature(DeepAugment).parameters
         p_edsr, p_cae = (node.get(k, defaults[k].default) for k in ("p_edsr", "p_cae"))
         check_route_probabilities(p_edsr, p_cae)
         node.edsr_weights = node.cae_weights = None
