@@ -338,9 +338,11 @@ def test_crashed_job_in_sweep_folder_is_left_out(
         load_runs([str(crashed)])
 
 
-def test_single_run_warns_nothing_to_compare(sweep: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture):
-    runs = load_runs([str(copy_run(sweep / "sigmoid_baseline_seed1", tmp_path / "only"))])
-    report = write_report(runs, tmp_path / "out", resamples=10)
-    (warning,) = compare_warnings(caplog)
-    assert warning.startswith("only one run (only): nothing to compare")
-    assert "1 runs" in report.read_text()
+def test_single_run_warns_nothing_to_compare(sweep: Path, tmp_path: Path, cache_dir: Path):
+    only = copy_run(sweep / "sigmoid_baseline_seed1", tmp_path / "only")
+    proc = run_compare([str(only), "--out", str(tmp_path / "out"), "--resamples", "10"], tmp_path, cache_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "warning: only one run (only): nothing to compare it with, every difference is 0"
+    ]
+    assert "1 runs" in (tmp_path / "out" / "comparison.md").read_text()

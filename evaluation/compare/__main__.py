@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -20,8 +21,19 @@ def option_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
+class LevelPrefix(logging.Formatter):
+    """``warning: <message>``, like the ``error:`` lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {record.getMessage()}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, write the report, print its path; 2 with one line on bad input."""
+    if not logging.getLogger().handlers:  # a command line, not a host that set up its own logging
+        handler = logging.StreamHandler()
+        handler.setFormatter(LevelPrefix())
+        logging.basicConfig(level=logging.WARNING, handlers=[handler])
     parser = argparse.ArgumentParser(prog="python -m evaluation.compare", description=__doc__)
     parser.add_argument(
         "sources", nargs="+", help="run dirs, sweep folders, offline W&B runs, wandb:// groups"
