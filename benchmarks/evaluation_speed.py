@@ -34,7 +34,7 @@ from evaluation.config import compose_config
 from evaluation.metrics import ALEXNET
 from evaluation.program import build_data
 from evaluation.suite import VAL
-from evaluation.variants import VARIANTS
+from evaluation.variants import C_VARIANTS, VARIANTS
 from train.config import MixupConfig, OptimConfig
 from train.data.benchmark import default_cache_dir, ensure_benchmark
 from train.heads import create_head
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     forwarded = []  # batch sizes seen by the model on the evaluation path
     module.classifier.register_forward_hook(lambda layer, inputs, output: forwarded.append(len(output)))
     workdir = tempfile.TemporaryDirectory()  # history.csv of the evaluator
-    evaluator = VariantEvaluator(suite, Path(workdir.name), ALEXNET)
+    evaluator = VariantEvaluator(suite, Path(workdir.name), dict.fromkeys(C_VARIANTS, ALEXNET))
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,

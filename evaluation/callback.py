@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ class VariantEvaluator(L.Callback):
     Args:
         suite: evaluation sources, in the order of the module's validation dataloaders.
         run_dir: where ``history.csv`` is written.
-        c_reference: ImageNet-C normaliser (AlexNet by default; None: raw errors).
+        c_references: ImageNet-C normaliser per C variant (``imagenet-c``, ``imagenet-c-gen``): AlexNet's
+            constants by default; None: raw errors.
         generated: on-the-fly ImageNet-C/P scorer fed with the val batches, if configured.
     """
 
@@ -41,12 +43,12 @@ class VariantEvaluator(L.Callback):
         self,
         suite: EvalSuite,
         run_dir: Path,
-        c_reference: CorruptionReference | None,
+        c_references: Mapping[str, CorruptionReference | None],
         generated: GeneratedCorruptions | None = None,
     ) -> None:
         self.suite = suite
         self.sources = suite.sources
-        self.c_reference = c_reference
+        self.c_references = c_references
         self.generated = generated
         self.history_path = Path(run_dir) / "history.csv"
         self.outputs: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
@@ -138,9 +140,10 @@ class VariantEvaluator(L.Callback):
             unreadable = self.report_unreadable(trainer, source, self.unreadable[i])
             if len(index) + unreadable == len(source.dataset):
                 complete.add(source.key)
-        results = score_suite(self.suite, outputs, pl_module.head.probs, self.c_reference)
+        results = score_suite(self.suite, outputs, pl_module.head.probs, self.c_references["imagenet-c"])
         if self.generated is not None:
-            for name, scores in self.generated.compute(clean_error(outputs), self.c_reference).items():
+            reference = self.c_references["imagenet-c-gen"]
+            for name, scores in self.generated.compute(clean_error(outputs), reference).items():
                 results.update({f"val/{name}/{metric}": value for metric, value in scores.items()})
         results.update(self.carried_scores)
         if trainer.state.fn == "fit":

@@ -59,6 +59,10 @@ def run_config_path(checkpoint: Path) -> Path:
 def run_node(run_cfg: DictConfig, replaced: set[str]) -> dict[str, Any]:
     """The parts of a run's config that evaluation inherits, minus the groups in ``replaced``."""
     node: dict[str, Any] = {g: run_cfg[g] for g in RUN_GROUPS if g in run_cfg and g not in replaced}
+    if (
+        "eval" in node
+    ):  # the run's per-epoch cap is not how its final evaluation scored: that read every image
+        node["eval"] = OmegaConf.merge(node["eval"], {"max_images": None})
     node["experiment"] = run_cfg.get("experiment", "default")
     if "trainer" not in replaced and run_cfg.get("trainer", {}).get("precision") is not None:
         node["trainer"] = {"precision": run_cfg.trainer.precision}
@@ -83,6 +87,11 @@ def compose_config(args: list[str]) -> DictConfig:
             raise ValueError(
                 f"{key} has no effect on `python -m evaluation` (it composes its config without Hydra's job "
                 f"runner): choose the results folder with output_dir=<folder>"
+            )
+        if key == "paths.output_dir":
+            raise ValueError(
+                "paths.output_dir is a training run's folder; choose where `python -m evaluation` writes "
+                "with output_dir=<folder>"
             )
     extra: list[str] = []
     if "checkpoint" in given and given["checkpoint"].value() not in (None, "null"):

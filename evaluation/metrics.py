@@ -329,14 +329,12 @@ def mean_average_precision(probs: Tensor, multi_hot: Tensor, chunk: int = 128) -
 
 
 def nll(probs: Tensor, target: Tensor, eps: float = 1e-12) -> float:
-    """Mean negative log-likelihood of the true class under the head's own probabilities.
-
-    -log(max(p_y, eps)) averaged over images: for a softmax head this is the cross-entropy, for a
-    sigmoid head it is the positive-class term of the BCE (the other classes' terms are not counted,
-    so both heads are scored on the same event). ``eps`` caps one image's loss at -log(eps).
+    """Mean negative log-likelihood of the true class: -log(max(p_y, eps)) averaged over images (the
+    cross-entropy for a softmax head's probabilities). ``eps`` caps one image's loss at -log(eps). The
+    scorer passes a distribution over the K classes (a sigmoid head's probabilities normalised by their sum).
 
     Args:
-        probs: [N, K] head probabilities.
+        probs: [N, K] probabilities in [0, 1].
         target: [N] int64 in [0, K).
     """
     _check_probs(probs)

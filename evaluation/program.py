@@ -23,6 +23,7 @@ from evaluation.callback import VariantEvaluator
 from evaluation.compare.sources import Run
 from evaluation.config import EvaluateConfig, run_config_path
 from evaluation.logits import save_logits
+from evaluation.plots import PlotWriter
 from evaluation.results import write_scores
 from evaluation.suite import build_data
 from evaluation.wandb_logging import log_final
@@ -30,11 +31,13 @@ from train.config import MixupConfig, OptimConfig
 from train.heads import create_head
 from train.loggers import create_logger, restore_wandb_environment, run_tags, wandb_environment
 from train.module import ClassifierModule
-from train.program import augment_name, corruption_reference, flatten, generated_scorer
-from train.run_dir import check_writable, previous_group, write_config
+from train.program import augment_name, corruption_references, flatten, generated_scorer
+from train.run_dir import OutputDirError, check_writable, previous_group, write_config
 from train.validate import check_trainer_args, resolve_precision
 
 log = logging.getLogger("evaluation")
+
+RESULT_FILES = ("metrics.json", "history.csv", "results.csv")
 
 
 def classifier_key(module: ClassifierModule) -> str:
@@ -112,21 +115,27 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     trainer_args = dict(conf.trainer)
     check_trainer_args(trainer_args)
     output_dir = Path(conf.output_dir)
-    check_writable(output_dir)
+    check_output_dir(output_dir)
+    c_references = corruption_references(conf.eval.c_normaliser)
     data, suite = build_data(conf)
+    if conf.eval.max_images is not None:
+        log.warning(
+            "eval.max_images=%d: every variant is scored on a fixed subset of at most that many images "
+            "(a quick look; not comparable with full results)",
+            conf.eval.max_images,
+        )
+        data.max_eval_images, data.cap_validate = conf.eval.max_images, True
     module = build_model(conf, data.num_classes)
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    evaluator = VariantEvaluator(
-        suite, output_dir, corruption_reference(conf.eval.c_normaliser), generated_scorer(conf.eval, suite)
-    )
+    evaluator = VariantEvaluator(suite, output_dir, c_references, generated_scorer(conf.eval, suite))
     trainer_args["precision"] = resolve_precision(trainer_args, torch.cuda.is_available())
     wandb_env = wandb_environment()
     augment = run_augment(conf)
     logger = eval_logger(conf, cfg, output_dir, augment)
     trainer = L.Trainer(
         **trainer_args,
-        callbacks=[evaluator],
+        callbacks=[evaluator, PlotWriter(evaluator, output_dir)],
         logger=logger or False,
         default_root_dir=str(output_dir),
         use_distributed_sampler=False,
@@ -150,6 +159,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         logger.experiment.finish()
     restore_wandb_environment(wandb_env)
     return results
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """One line when ``output_dir`` cannot be written or already holds an evaluation (its history.csv
+    would mix two models' rows)."""
+    check_writable(output_dir, "output_dir=<dir>")
+    found = [name for name in RESULT_FILES if (output_dir / name).exists()]
+    if found:
+        raise OutputDirError(
+            f"output_dir={output_dir} already holds results ({found[0]}); choose another output_dir=<dir>"
+        )
 
 
 def run_augment(conf: EvaluateConfig) -> str:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from evaluation import metrics as M
-from evaluation.suite import C_NAMES, VAL, EvalSource, EvalSuite
+from evaluation.suite import C_NAMES, SEVERITIES, VAL, EvalSource, EvalSuite
 from evaluation.variants import MINIVAL, Variant
 
 log = logging.getLogger(__name__)
@@ -34,17 +34,24 @@ class SourceOutput:
 
 
 def classification_scores(logits: Tensor, target: Tensor, probs: Tensor) -> Scores:
-    """Top-1/5 (%), NLL, ECE, RMS calibration error, Brier, AURRA and n for single-label images."""
+    """Top-1/5 (%), NLL, ECE, RMS calibration error, Brier, AURRA and n for single-label images.
+
+    ECE, RMS calibration and AURRA use the head's confidence (its largest probability); NLL and Brier score
+    the head's probabilities normalised over the K classes (a sigmoid head's sigmoids / their sum), so that
+    both heads are scored as a distribution over the classes: on raw sigmoids, -log p_y and sum_k (p_k -
+    y_k)^2 would reward, or punish, saying every class is present rather than naming the right one.
+    """
     k = min(5, logits.shape[1])
     correct = M.topk_correct(logits, target, ks=(1, k))
     confidence = probs.amax(dim=1)
+    distribution = probs / probs.sum(1, keepdim=True).clamp_min(torch.finfo(probs.dtype).tiny)
     return {
         "top1": M.accuracy(correct[1]),
         "top5": M.accuracy(correct[k]),
-        "nll": M.nll(probs, target),
+        "nll": M.nll(distribution, target),
         "ece": M.expected_calibration_error(confidence, correct[1]),
         "rms_calib": M.rms_calibration_error(confidence, correct[1]),
-        "brier": M.brier_score(probs, target),
+        "brier": M.brier_score(distribution, target),
         "aurra": M.aurra(confidence, correct[1]),
         "n": float(len(target)),
     }
@@ -97,8 +104,9 @@ def corruption_scores(
     clean_error: float | None,
     reference: M.CorruptionReference | None,
 ) -> Scores:
-    """Error per corruption and severity, CE / relative CE per corruption, mCE, relative mCE and
-    per-family means (when all 15 scored corruptions are present).
+    """Error per corruption and severity, CE / relative CE per corruption (those scored at all five
+    severities: the normalisers are five-severity means), mCE, relative mCE and per-family means (when
+    all 15 scored corruptions have a CE).
 
     Args:
         wrong: [N] bool, top-1 prediction is wrong; corruption [N] (index into ``C_NAMES``);
@@ -113,7 +121,11 @@ def corruption_scores(
         for s, e in zip(levels, errors[name], strict=True):
             scores[f"{name}/s{s}/err"] = 100.0 * e
         scores[f"{name}/err"] = 100.0 * sum(errors[name]) / len(errors[name])
-    usable = {c: e for c, e in errors.items() if reference is None or c in reference.errors}
+    usable = {
+        c: e
+        for c, e in errors.items()
+        if len(e) == SEVERITIES and (reference is None or c in reference.errors)
+    }
     ce = M.ce_per_corruption(usable, reference)
     scores.update({f"{c}/ce": v for c, v in ce.items()})
     complete = all(c in ce for c in M.IMAGENET_C_CORRUPTIONS)

@@ -28,16 +28,21 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_REAL_LABELS = 9  # the largest ReaL label set has 9 classes
+SEVERITIES = 5  # ImageNet-C's severities 1..5
 VAL = "val"
 C_NAMES = (*IMAGENET_C_CORRUPTIONS, *IMAGENET_C_EXTRA)
 TIMM_INFO = Path(timm.data.__file__).parent / "_info"
 
 
-def load_real_labels(path: Path, val_files: Sequence[Path]) -> torch.Tensor:
+def load_real_labels(
+    path: Path, val_files: Sequence[Path], remap: torch.Tensor | None = None
+) -> torch.Tensor:
     """ReaL label sets aligned with ``val_files``: [N, 9] int64, -1 padded (all -1 = not scored).
 
     ``real.json`` has one list per val file, in the order of the val file names sorted as
-    strings (``ILSVRC2012_val_00000001.JPEG`` first), whatever folder each file sits in.
+    strings (``ILSVRC2012_val_00000001.JPEG`` first), whatever folder each file sits in. Its entries
+    index the label-file class list; ``remap`` [K_file] int64 maps them to the model's class indices
+    (-1: a class the model does not have, dropped from the set).
     """
     if not Path(path).is_file():
         raise DataLayoutError(f"ReaL labels {path} not found; give them with data.real_labels=<real.json>")
@@ -53,7 +58,18 @@ def load_real_labels(path: Path, val_files: Sequence[Path]) -> torch.Tensor:
     for row, file in enumerate(val_files):
         entry = entries[position[file.name]]
         labels[row, : len(entry)] = torch.tensor(entry, dtype=torch.long)
+    if remap is not None:
+        labels = labels.where(labels < 0, remap[labels.clamp_min(0)])
     return labels
+
+
+def class_remap(numbered: Sequence[str], classes: Sequence[str]) -> torch.Tensor | None:
+    """[len(numbered)] int64: the position in ``classes`` of each class of ``numbered`` (-1 where absent);
+    None when the two lists are the same."""
+    if list(numbered) == list(classes):
+        return None
+    position = {w: i for i, w in enumerate(classes)}
+    return torch.tensor([position.get(w, -1) for w in numbered], dtype=torch.long)
 
 
 def real_labels_path(data_name: str, root: Path, configured: str | None) -> Path:
@@ -63,22 +79,33 @@ def real_labels_path(data_name: str, root: Path, configured: str | None) -> Path
     return root / "real.json" if data_name == "benchmark" else TIMM_INFO / "imagenet_real_labels.json"
 
 
-def subset_indices(stem: str, root: Path, classes: Sequence[str]) -> tuple[list[str], torch.Tensor]:
+def subset_indices(
+    stem: str, root: Path, classes: Sequence[str], images: Path
+) -> tuple[list[str], torch.Tensor]:
     """The wnids of a class subset and their indices in ``classes``.
 
-    The wnids come from ``<root>/<stem>_synsets.txt``, else timm's copy. When an index file
-    ``<stem>_indices.txt`` exists it must agree with the class list (it is the same map).
+    The wnids come from ``<root>/<stem>_synsets.txt``, else timm's copy (A and R), else the class folders
+    of the release in ``images`` (ImageNet-O, whose list timm does not ship: its 200 folders are its
+    classes). When an index file ``<stem>_indices.txt`` exists it must agree with the class list.
     """
-    folder = root if (root / f"{stem}_synsets.txt").is_file() else TIMM_INFO
-    wnids = (folder / f"{stem}_synsets.txt").read_text().split()
+    folder = next((f for f in (root, TIMM_INFO) if (f / f"{stem}_synsets.txt").is_file()), None)
+    if folder is not None:
+        source = folder / f"{stem}_synsets.txt"
+        wnids = source.read_text().split()
+    elif images.is_dir():
+        source = images
+        wnids = sorted(p.name for p in images.iterdir() if p.is_dir() and not p.name.startswith("."))
+    else:
+        raise DataLayoutError(f"{images} does not exist; expected the layout <root>/<wnid>/<image>")
     position = {w: i for i, w in enumerate(classes)}
     missing = [w for w in wnids if w not in position]
     if missing:
         raise DataLayoutError(
-            f"{folder / f'{stem}_synsets.txt'} lists wnids not in the class list (e.g. {missing[0]})"
+            f"{source} names {len(missing)} wnids that are not among the model's {len(classes)} classes "
+            f"(e.g. {missing[0]})"
         )
     indices = torch.tensor([position[w] for w in wnids], dtype=torch.long)
-    index_file = folder / f"{stem}_indices.txt"
+    index_file = (folder or root) / f"{stem}_indices.txt"
     if index_file.is_file():
         listed = torch.tensor([int(x) for x in index_file.read_text().split()], dtype=torch.long)
         if not torch.equal(listed, indices):
@@ -109,7 +136,20 @@ def scan_corruptions(folder: Path, classes: Sequence[str]) -> tuple[list[Sample]
         raise DataLayoutError(
             f"{folder} holds no corruption folders; expected <corruption>/<1..5>/<wnid>/<image>"
         )
-    return samples, torch.tensor(corruption), torch.tensor(severity)
+    corruption_ids, severities = torch.tensor(corruption), torch.tensor(severity)
+    partial = [
+        C_NAMES[c]
+        for c in corruption_ids.unique().tolist()
+        if severities[corruption_ids == c].unique().numel() < SEVERITIES
+    ]
+    if partial:
+        log.warning(
+            "%s: %s lack some of the %d severities; their CE (and mCE) is not reported, only their errors",
+            folder,
+            ", ".join(partial),
+            SEVERITIES,
+        )
+    return samples, corruption_ids, severities
 
 
 @dataclass
@@ -146,15 +186,19 @@ def build_suite(
     classes: Sequence[str],
     transform: Callable,
     data_name: str,
-    minival: Sequence[Sample] = (),
+    minival: Callable[[], Sequence[Sample]] | None = None,
     paths: Mapping[str, str] | None = None,
     real_labels: str | None = None,
     strict: bool = False,
     shards: ShardSets | None = None,
+    numbered: Sequence[str] | None = None,
 ) -> EvalSuite:
     """Datasets of the requested variants; a variant absent from disk is skipped with one warning
     naming the expected path (an error with ``strict``). A variant whose folder was written to
-    ``shards`` (and not redirected by ``paths``) is read from its shard set, image for image."""
+    ``shards`` (and not redirected by ``paths``) is read from its shard set, image for image.
+    ``minival`` makes the minival samples (held out of train: read only when minival is asked for);
+    ``numbered`` is the class list label files index (ReaL, ImageNetV2 folders; default ``classes``)."""
+    numbered = classes if numbered is None else numbered
     paths = dict(paths or {})
     for name in paths:  # eval.paths keys must be variant names
         get_variant(name, key="eval.paths")
@@ -168,10 +212,16 @@ def build_suite(
             return shards.folder(variant.path)
         return find_split(root, VAL) if variant.path == VAL else root / variant.path
 
-    def scan(folder: Path, wnids: Sequence[str] | None, layout: str = "wnid") -> list[Sample]:
+    def is_val(folder: Path) -> bool:
+        try:
+            return folder == folder_of(get_variant("imagenet"))
+        except DataLayoutError:  # no val split: imagenet-real redirected elsewhere still scores
+            return False
+
+    def scan(folder: Path, wnids: Sequence[str], layout: str = "wnid") -> list[Sample]:
         if shards is not None and shards.holds(folder):
-            return shards.scan(folder, wnids, layout)
-        return scan_folder(folder, wnids, layout)
+            return shards.scan(folder, wnids, layout, numbered)
+        return scan_folder(folder, wnids, layout, numbered)
 
     def add_source(key: str, make: Callable[[], tuple[list[Sample], dict[str, torch.Tensor]]]) -> EvalSource:
         if key not in sources:
@@ -182,9 +232,10 @@ def build_suite(
     for variant in (get_variant(n) for n in variant_names):
         try:
             if variant.name == MINIVAL:
-                if not minival:
+                held_out = list(minival()) if minival is not None else []
+                if not held_out:
                     raise DataLayoutError("minival is empty; set data.minival_fraction > 0")
-                source = add_source(MINIVAL, lambda: (list(minival), {}))
+                source = add_source(MINIVAL, lambda h=held_out: (h, {}))
             elif variant.kind == "generated":
                 val = folder_of(get_variant("imagenet"))
                 source = add_source(VAL, lambda v=val: (scan(v, classes), {}))
@@ -197,20 +248,34 @@ def build_suite(
 
                 source = add_source(str(folder), make_c)
             elif variant.kind in ("subset", "ood"):
-                wnids, subsets[variant.name] = subset_indices(variant.subset, root, classes)
                 folder = folder_of(variant)
-                source = add_source(str(folder), lambda f=folder, w=wnids: (scan(f, w), {}))
-                # scored against val images of the same classes (O: in-distribution; A, R: clean accuracy)
-                val = folder_of(get_variant("imagenet"))
-                add_source(VAL, lambda v=val: (scan(v, classes), {}))
+                wnids, indices = subset_indices(variant.subset, root, classes, folder)
+                samples = scan(folder, wnids)
+                # scored against val images of the same classes (O: in-distribution, needed; A, R: clean accuracy)
+                try:
+                    val = add_source(VAL, lambda: (scan(folder_of(get_variant("imagenet")), classes), {}))
+                except DataLayoutError as err:
+                    if variant.kind == "ood":
+                        raise
+                    log.warning(
+                        "%s: no clean val images (%s): clean_top1 and gap not reported", variant.name, err
+                    )
+                else:
+                    if variant.kind == "ood" and not set(indices.tolist()) & set(val.dataset.targets):
+                        raise DataLayoutError(
+                            f"val has no images of its {len(wnids)} classes, its in-distribution set"
+                        )
+                subsets[variant.name] = indices
+                source = add_source(str(folder), lambda s=samples: (s, {}))
             else:
                 folder = folder_of(variant)
-                key = VAL if variant.path == VAL and variant.name not in paths else str(folder)
+                # imagenet's folder is the clean val of relative CE, A / R / O's clean set: one source
+                key = VAL if is_val(folder) else str(folder)
                 source = add_source(key, lambda f=folder, v=variant: (scan(f, classes, v.layout), {}))
                 if variant.kind == "real" and "real_labels" not in source.extras:
                     files = [s.path for s in source.dataset.samples]
                     source.extras["real_labels"] = load_real_labels(
-                        real_labels_path(data_name, root, real_labels), files
+                        real_labels_path(data_name, root, real_labels), files, class_remap(numbered, classes)
                     )
         except DataLayoutError as err:
             if strict:
@@ -235,11 +300,12 @@ def build_data(conf: Config | EvaluateConfig) -> tuple[ImageNetDataModule, EvalS
         data.classes,
         eval_transform(conf.data),
         conf.data.name,
-        minival=data.minival_samples if "minival" in conf.eval.variants else (),
+        minival=lambda: data.minival_samples,
         paths=conf.eval.paths,
         real_labels=conf.data.real_labels,
         strict=conf.eval.strict,
         shards=data.shards,
+        numbered=data.label_classes,
     )
     if not suite.sources:
         raise ValueError(f"none of eval.variants={conf.eval.variants} was found under {data.root}")

@@ -59,6 +59,9 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
+C_VARIANTS = ("imagenet-c", "imagenet-c-gen")  # scored as corruption errors, CE and mCE
+
+
 def get_variant(name: str, key: str = "eval.variants") -> Variant:
     """The variant called ``name``; a clear error naming the config ``key`` lists the known ones."""
     try:

@@ -113,6 +113,8 @@ def test_checkpoint_reproduces_the_training_runs_final_metrics(run_dir: Path, ev
     assert (evaluated / "results.csv").read_text() == (run_dir / "results.csv").read_text()
     history = pd.read_csv(evaluated / "history.csv")
     assert set(history.phase) == {"final"} and set(history.variant) == set(VARIANTS)
+    plots = {p.name for p in (evaluated / "plots").iterdir()}
+    assert {"reliability_final.png", "imagenet-o_confidence_final.png"} <= plots  # as training writes them
 
 
 def test_wandb_evaluation_run_is_job_type_eval_in_the_runs_group(run_dir: Path, cache_dir: Path):
@@ -232,6 +234,7 @@ def test_run_config_is_inherited_and_overrides_win(run_dir: Path, bench_root: Pa
     assert (cfg.data.root, cfg.data.image_size, cfg.model.name) == (str(bench_root), 32, "test_resnet")
     assert (cfg.head.name, cfg.experiment, cfg.data.eval_batch_size) == ("sigmoid", "sigmoid_baseline", 7)
     assert cfg.eval.paths["imagenet-c"].endswith("imagenet-c")
+    assert cfg.eval.max_images is None  # the run's per-epoch cap: its final evaluation read every image
     cfg = compose_config([f"checkpoint={checkpoint}", "eval=clean", "head=softmax"])
     assert "imagenet-c" not in cfg.eval.variants and not cfg.eval.paths and cfg.head.name == "softmax"
     assert cfg.data.root == str(bench_root)
@@ -299,6 +302,20 @@ def error_line(args: list[str], capsys: pytest.CaptureFixture) -> str:
     return lines[-1]
 
 
+def test_an_output_dir_holding_results_is_refused(run_dir: Path, evaluated: Path, capsys):
+    """A second evaluation into the same folder would mix two models' rows in history.csv."""
+    line = error_line(
+        [f"checkpoint={run_dir / 'checkpoints' / 'last.ckpt'}", f"output_dir={evaluated}"], capsys
+    )
+    assert f"output_dir={evaluated} already holds results (metrics.json)" in line
+
+
+def test_help_prints_usage(capsys):
+    main(["--help"])
+    out = capsys.readouterr().out
+    assert out.startswith("usage: python -m evaluation checkpoint=") and "eval.c_normaliser" in out
+
+
 def test_bad_input_stops_with_one_line(tmp_path: Path, bad_run: Path, bench_root: Path, capsys):
     out = f"output_dir={tmp_path / 'out'}"
     assert "checkpoint=/nowhere/last.ckpt not found" in error_line(
@@ -323,4 +340,9 @@ def test_bad_input_stops_with_one_line(tmp_path: Path, bad_run: Path, bench_root
     assert "data.bogus" in error_line(["data.bogus=1", out], capsys)
     line = error_line([f"hydra.run.dir={tmp_path / 'out'}", *data], capsys)  # train's way to name the folder
     assert "hydra.run.dir has no effect" in line and "output_dir=<folder>" in line
+    line = error_line([f"paths.output_dir={tmp_path / 'out'}", *data], capsys)
+    assert "paths.output_dir is a training run's folder" in line and "output_dir=<folder>" in line
+    weights_data = [f"model.pretrained={weights}", "model.name=test_resnet", *data]
+    line = error_line([*weights_data, "eval.c_normaliser=alexnett"], capsys)
+    assert "eval.c_normaliser='alexnett' is unknown" in line
     assert not (tmp_path / "out").exists()  # stopped before writing anything

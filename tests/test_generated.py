@@ -16,7 +16,7 @@ from evaluation.callback import VariantEvaluator
 from evaluation.corruptions import COMMON_CORRUPTIONS, corrupt
 from evaluation.generated import GeneratedCorruptions, image_generator
 from evaluation.suite import C_NAMES, VAL, EvalSource, EvalSuite, build_suite
-from evaluation.variants import get_variant
+from evaluation.variants import C_VARIANTS, get_variant
 from train.data.folder import DataLayoutError, ImageFolderDataset, scan_folder
 from train.heads import SoftmaxHead
 
@@ -110,7 +110,7 @@ def test_generated_forwards_run_in_the_precision_of_the_validation_steps(
     variants = [get_variant("imagenet"), get_variant("imagenet-c-gen"), get_variant("imagenet-p")]
     suite = EvalSuite([EvalSource(VAL, dataset, variants)], {})
     generated = GeneratedCorruptions(len(dataset), grid_images=2, p_images=1)
-    evaluator = VariantEvaluator(suite, tmp_path, None, generated)
+    evaluator = VariantEvaluator(suite, tmp_path, dict.fromkeys(C_VARIANTS), generated)
     model = MeanColourClassifier()
     trainer = L.Trainer(
         accelerator="cpu",

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import average_precision_score, precision_recall_fscore_support, roc_auc_score
 
 from evaluation.metrics import ALEXNET_C_ERROR, ALEXNET_CLEAN_ERROR, IMAGENET_C_CORRUPTIONS
-from evaluation.scoring import SourceOutput, score_suite
+from evaluation.scoring import SourceOutput, corruption_scores, score_suite
 from evaluation.suite import C_NAMES, VAL, EvalSource, EvalSuite
 from evaluation.variants import MINIVAL, VARIANTS
 from train.data.folder import ImageFolderDataset
 from train.heads import SigmoidHead, SoftmaxHead
+from train.program import corruption_references
 
 K = 12
 SUBSET = torch.tensor([1, 4, 7, 9])
@@ -65,8 +68,14 @@ def test_subset_variants_restrict_logits_and_use_the_heads_probabilities(head):
     assert scores["val/imagenet-a/ece"] == pytest.approx(
         np_ece(probs.max(1), correct), abs=1e-6
     )  # float32 probs
+    # NLL and Brier score a distribution over the classes: a sigmoid head's sigmoids normalised by their sum
+    distribution = probs / probs.sum(1, keepdims=True)
+    one_hot = np.eye(len(SUBSET))[a.target.numpy()]
     assert scores["val/imagenet-a/nll"] == pytest.approx(
-        -np.log(probs[np.arange(40), a.target.numpy()]).mean()
+        -np.log(distribution[np.arange(40), a.target.numpy()]).mean(), rel=1e-5
+    )
+    assert scores["val/imagenet-a/brier"] == pytest.approx(
+        ((distribution - one_hot) ** 2).sum(1).mean(), rel=1e-5
     )
     # ImageNet-200: val images of R's classes, restricted to them; gap = clean - R
     keep = np.isin(val.target.numpy(), SUBSET.numpy())
@@ -128,6 +137,30 @@ def test_corruption_errors_mce_and_relative_mce_by_hand():
     raw = score_suite(suite, {VAL: val, "c": c_out}, SoftmaxHead().probs, reference=None)
     assert raw["val/imagenet-c/mce"] == pytest.approx(100 * wrong.mean())  # equal cells: mean of means
 
+    # fog without severity 5: its errors stay, its CE (a five-severity mean over AlexNet's) and the mCE go
+    keep = ~((corruption == C_NAMES.index("fog")) & (severity == 5))
+    partial = EvalSuite(
+        [
+            source(VAL, ["imagenet"], 100),
+            source(
+                "c", ["imagenet-c"], int(keep.sum()), corruption=corruption[keep], severity=severity[keep]
+            ),
+        ],
+        {},
+    )
+    kept = SourceOutput(c_out.logits[keep], c_out.target[keep], torch.arange(int(keep.sum())))
+    scores = score_suite(partial, {VAL: val, "c": kept}, SoftmaxHead().probs)
+    assert scores["val/imagenet-c/fog/s4/err"] == pytest.approx(
+        100 * errs_of(wrong, corruption, severity, C_NAMES.index("fog"), 4)
+    )
+    assert "val/imagenet-c/fog/ce" not in scores and "val/imagenet-c/fog/rel_ce" not in scores
+    assert "val/imagenet-c/mce" not in scores and "val/imagenet-c/rel_mce" not in scores
+    assert scores["val/imagenet-c/snow/ce"] == pytest.approx(ces[C_NAMES.index("snow")])
+
+
+def errs_of(wrong: np.ndarray, corruption: torch.Tensor, severity: torch.Tensor, c: int, s: int) -> float:
+    return wrong[(corruption.numpy() == c) & (severity.numpy() == s)].mean()
+
 
 @pytest.mark.parametrize("head", [SoftmaxHead(), SigmoidHead()])
 def test_real_label_sets_use_a_threshold_chosen_on_minival(head):
@@ -169,3 +202,24 @@ def test_real_label_sets_use_a_threshold_chosen_on_minival(head):
         100 * np.mean([multi_hot[i, top1[i]] for i in np.where(labelled)[0]])
     )
     assert scores["val/imagenet-real/n"] == labelled.sum()
+
+
+def test_a_reference_run_normalises_each_c_variant_by_its_own_errors(tmp_path):
+    """eval.c_normaliser=run:<dir>: disk C by the run's disk C, generated C by its generated C."""
+    metrics = {"val/imagenet/top1": 60.0}
+    for name in IMAGENET_C_CORRUPTIONS:
+        for s in range(1, 6):
+            metrics[f"val/imagenet-c-gen/{name}/s{s}/err"] = 80.0
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    references = corruption_references(f"run:{tmp_path}")
+    assert references["imagenet-c"].errors == {}  # that run scored no disk C: CE is not reported there
+    n = 15 * 5 * 10
+    wrong = torch.arange(n) % 10 < 8  # 80% wrong in every cell, like the reference
+    corruption = torch.arange(n) // 50
+    severity = (torch.arange(n) // 10) % 5 + 1
+    scores = corruption_scores(wrong, corruption, severity, 0.4, references["imagenet-c-gen"])
+    assert scores["mce"] == pytest.approx(100.0) and scores["rel_mce"] == pytest.approx(100.0)
+    assert "mce" not in corruption_scores(wrong, corruption, severity, 0.4, references["imagenet-c"])
+    (tmp_path / "metrics.json").write_text(json.dumps({"val/imagenet/top1": 60.0}))
+    with pytest.raises(ValueError, match="that run scored no ImageNet-C errors"):
+        corruption_references(f"run:{tmp_path}")

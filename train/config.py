@@ -24,6 +24,9 @@ class DataConfig:
     classes: str | None = (
         None  # wnid list file; null: timm's 1000 for imagenet, classes.txt for the benchmark
     )
+    # wnid list that ReaL's real.json and ImageNetV2's folder numbers index; null: timm's 1000 for imagenet,
+    # classes.txt for the benchmark (shards written from the benchmark: their classes.txt)
+    label_classes: str | None = None
     real_labels: str | None = None  # ReaL json; null: timm's bundled copy / <root>/real.json
     image_size: int = 224
     crop_pct: float = 0.875

@@ -27,7 +27,7 @@ from evaluation.plots import PlotWriter
 from evaluation.registry import metric_spec
 from evaluation.results import write_scores
 from evaluation.suite import VAL, EvalSuite, build_data
-from evaluation.variants import MINIVAL
+from evaluation.variants import C_VARIANTS, MINIVAL
 from evaluation.wandb_logging import declare_metrics, log_final
 from train.augmentation import build_augment, write_preview
 from train.callbacks import AtomicCheckpointIO, BadFileReport, HealthMonitor, RandomStateCheckpoint
@@ -40,7 +40,7 @@ from train.data.transforms import eval_transform
 from train.heads import create_head
 from train.loggers import create_logger, restore_wandb_environment, run_tags, wandb_environment
 from train.module import ClassifierModule
-from train.run_dir import previous_group, run_id, write_config, write_json, write_provenance
+from train.run_dir import flatten, previous_group, run_id, write_config, write_json, write_provenance
 from train.scale import describe, global_batch, scaled_optim
 from train.validate import check_optim_and_mixup, check_trainer_args, resolve_precision
 
@@ -91,7 +91,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
     conf: Config = OmegaConf.to_object(cfg)  # typed, validated copy
     trainer_args = dict(conf.trainer)
     check_trainer_args(trainer_args)
-    check_optim_and_mixup(conf.optim, conf.mixup)
+    check_optim_and_mixup(conf.optim, conf.mixup, conf.data.batch_size, trainer_args)
+    c_references = corruption_references(conf.eval.c_normaliser)
     head = create_head(**vars(conf.head))
     L.seed_everything(conf.seed, workers=True)
 
@@ -142,14 +143,13 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
     logger = create_logger(conf.logger, run_dir, conf.experiment, group, tags, flat_config, wandb_id)
     declare_metrics(logger)
 
-    evaluator = VariantEvaluator(
-        suite, run_dir, corruption_reference(conf.eval.c_normaliser), generated_scorer(conf.eval, suite)
-    )
+    evaluator = VariantEvaluator(suite, run_dir, c_references, generated_scorer(conf.eval, suite))
     checkpoints = ModelCheckpoint(  # checkpoints/last.ckpt, replaced atomically after every epoch
         dirpath=run_dir / "checkpoints",
         filename="last",
         save_top_k=1,
         every_n_epochs=1,
+        save_on_train_epoch_end=True,  # also epochs without an evaluation (eval.every_n_epochs > 1)
         enable_version_counter=False,
     )
     callbacks: list[L.Callback] = [
@@ -161,7 +161,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
         PlotWriter(evaluator, run_dir),
         *extra_callbacks,
     ]
-    if MINIVAL in conf.eval.variants:  # model selection reads minival only, never a test set
+    if suite.source(MINIVAL) is not None:  # model selection reads minival only, never a test set
         key = f"val/{MINIVAL}/top1"
         callbacks.append(
             ModelCheckpoint(
@@ -244,42 +244,44 @@ def generated_scorer(cfg: EvalConfig, suite: EvalSuite) -> GeneratedCorruptions 
     )
 
 
-def corruption_reference(normaliser: str) -> CorruptionReference | None:
-    """``eval.c_normaliser``: AlexNet's constants, none (raw errors), or a reference run's metrics."""
-    if normaliser == "alexnet":
-        return ALEXNET
-    if normaliser == "none":
-        return None
-    if normaliser.startswith("run:"):
-        metrics_file = Path(normaliser[4:]) / "metrics.json"
-        if not metrics_file.is_file():
-            raise FileNotFoundError(
-                f"eval.c_normaliser={normaliser}: {metrics_file} not found; give a finished run"
-            )
-        scores = json.loads(metrics_file.read_text())
+def corruption_references(normaliser: str) -> dict[str, CorruptionReference | None]:
+    """``eval.c_normaliser`` for each ImageNet-C variant: AlexNet's constants, none (raw errors), or a
+    reference run's own errors on the same variant (its generated C normalises generated C: the
+    corruption code differs from the released images')."""
+    if normaliser in ("alexnet", "none"):
+        return dict.fromkeys(C_VARIANTS, ALEXNET if normaliser == "alexnet" else None)
+    if not normaliser.startswith("run:"):
+        raise ValueError(f"eval.c_normaliser={normaliser!r} is unknown; use alexnet, none or run:<run dir>")
+    metrics_file = Path(normaliser[4:]) / "metrics.json"
+    if not metrics_file.is_file():
+        raise FileNotFoundError(
+            f"eval.c_normaliser={normaliser}: {metrics_file} not found; give a finished run"
+        )
+    scores = json.loads(metrics_file.read_text())
+    clean = scores.get("val/imagenet/top1")
+    references: dict[str, CorruptionReference | None] = {}
+    for variant in C_VARIANTS:
         errors: dict[str, list[float]] = {}
         for key, value in sorted(scores.items()):
             parts = key.split("/")
-            if len(parts) == 5 and parts[1] == "imagenet-c" and parts[4] == "err":
+            if len(parts) == 5 and parts[1] == variant and parts[4] == "err":
                 errors.setdefault(parts[2], []).append(value / 100)
         if not errors:
-            raise ValueError(f"eval.c_normaliser={normaliser}: that run scored no imagenet-c errors")
-        clean = scores.get("val/imagenet/top1")
-        return CorruptionReference(errors, None if clean is None else 1 - clean / 100)
-    raise ValueError(f"eval.c_normaliser={normaliser!r} is unknown; use alexnet, none or run:<run dir>")
+            log.warning(
+                "eval.c_normaliser=%s scored no %s: %s reports errors only, no CE",
+                normaliser,
+                variant,
+                variant,
+            )
+        references[variant] = CorruptionReference(errors, None if clean is None else 1 - clean / 100)
+    if not any(r.errors for r in references.values()):
+        raise ValueError(
+            f"eval.c_normaliser={normaliser}: that run scored no ImageNet-C errors ({', '.join(C_VARIANTS)})"
+        )
+    return references
 
 
 def augment_name(cfg: DictConfig) -> str:
     """Short name of the configured augmentation (``none`` when off)."""
     target = cfg.augment.get("_target_") if cfg.augment else None
     return target.rsplit(".", 1)[-1].lower() if target else "none"
-
-
-def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts -> one level with dotted keys (W&B groups runs by these)."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat

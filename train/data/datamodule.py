@@ -49,18 +49,29 @@ def resolve_root(cfg: DataConfig, cache_dir: Path) -> Path:
     return root
 
 
-def load_classes(cfg: DataConfig, root: Path) -> list[str]:
-    """The class list (wnids) whose positions are the class indices of every label file."""
-    if cfg.classes:
-        path = Path(cfg.classes)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"data.classes={path} does not exist; give a text file with one wnid per line"
-            )
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+def read_wnids(path: str, key: str) -> list[str]:
+    """The wnids of a list file (one per line) named by the config ``key``."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{key}={path} does not exist; give a text file with one wnid per line")
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def label_file_classes(cfg: DataConfig, root: Path) -> list[str]:
+    """The class list (wnids) that label files index -- ReaL's ``real.json`` entries, ImageNetV2's folder
+    numbers: ``data.label_classes``, else the benchmark's ``classes.txt``, else ImageNet-1k's sorted wnids
+    (whatever ``data.classes`` says: a model of another class order or a class subset still reads the
+    releases' labels right)."""
+    if cfg.label_classes:
+        return read_wnids(cfg.label_classes, "data.label_classes")
     if cfg.name == "benchmark":
         return (root / "classes.txt").read_text().split()
     return list(ImageNetInfo("imagenet-1k").label_names())
+
+
+def load_classes(cfg: DataConfig, root: Path) -> list[str]:
+    """The model's class list (wnids): class index i is ``classes[i]``. ``data.classes`` if given, else
+    :func:`label_file_classes`."""
+    return read_wnids(cfg.classes, "data.classes") if cfg.classes else label_file_classes(cfg, root)
 
 
 def find_split(root: Path, split: str) -> Path:
@@ -129,11 +140,13 @@ class ImageNetDataModule(L.LightningDataModule):
             )
         self.root = resolve_root(cfg, self.cache_dir)
         self.classes = load_classes(cfg, self.root)
+        self.label_classes = label_file_classes(cfg, self.root)  # what label files index
         self.shards = ShardSets(cfg.shards) if cfg.shards else None
         self.dropped_samples = 0  # training samples an epoch does not use (equal steps on every rank)
         self.train_set: ImageFolderDataset | None = None
         self.eval_sources: list = []  # evaluation.suite.EvalSource, set by the program that evaluates
-        self.max_eval_images: int | None = None  # per-epoch cap; validate() outside fit scores all
+        self.max_eval_images: int | None = None  # per-epoch cap; validate() outside fit scores all ...
+        self.cap_validate = False  # ... unless this is set (python -m evaluation eval.max_images=N)
 
     @cached_property
     def split(self) -> tuple[list[Sample], list[Sample]]:
@@ -204,26 +217,29 @@ class ImageNetDataModule(L.LightningDataModule):
             self.dropped_samples = stream.dropped
         elif self.cfg.backend == "dali":
             loader = self.dali_loader(rank, world)
-        if loader is not None:
-            log.info(
-                "training: %d steps per epoch per rank, %d samples dropped per epoch",
-                len(loader),
-                self.dropped_samples,
-            )
-            if trainer is not None and trainer.logger is not None:
-                trainer.logger.log_metrics({"data/dropped_samples": float(self.dropped_samples)}, step=0)
-            return loader
-        if world > 1:
-            sampler = DistributedSampler(
-                self.train_set,
-                num_replicas=world,
-                rank=rank,
-                shuffle=True,
-                seed=self.seed,
-                drop_last=True,
-            )
-            return self.loader(self.train_set, self.cfg.batch_size, sampler, drop_last=True)
-        return self.loader(self.train_set, self.cfg.batch_size, None, drop_last=True, shuffle=True)
+        if loader is None:  # torchvision: full batches only, the same number on every rank
+            n, batch = len(self.train_set), self.cfg.batch_size
+            self.dropped_samples = n - world * (n // world // batch) * batch
+            if world > 1:
+                sampler = DistributedSampler(
+                    self.train_set,
+                    num_replicas=world,
+                    rank=rank,
+                    shuffle=True,
+                    seed=self.seed,
+                    drop_last=True,
+                )
+                loader = self.loader(self.train_set, batch, sampler, drop_last=True)
+            else:
+                loader = self.loader(self.train_set, batch, None, drop_last=True, shuffle=True)
+        log.info(
+            "training: %d steps per epoch per rank, %d samples dropped per epoch",
+            len(loader),
+            self.dropped_samples,
+        )
+        if trainer is not None and trainer.logger is not None:
+            trainer.logger.log_metrics({"data/dropped_samples": float(self.dropped_samples)}, step=0)
+        return loader
 
     def dali_loader(self, rank: int, world: int) -> DaliTrainLoader | None:
         """The DALI loader (GPU decoding when CUDA is present); None, with one warning, without DALI."""
@@ -248,9 +264,10 @@ class ImageNetDataModule(L.LightningDataModule):
         return loader
 
     def val_dataloader(self) -> list[DataLoader]:
-        """One loader per evaluation source, capped to ``max_eval_images`` during fit."""
+        """One loader per evaluation source, capped to ``max_eval_images`` during fit (and in validate() with
+        ``cap_validate``)."""
         fitting = self.trainer is not None and self.trainer.state.fn == "fit"
-        cap = self.max_eval_images if fitting else None
+        cap = self.max_eval_images if fitting or self.cap_validate else None
         return [self.eval_loader(source.capped(cap)) for source in self.eval_sources]
 
     def eval_loader(self, dataset) -> DataLoader:

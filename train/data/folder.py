@@ -1,9 +1,10 @@
 """Image folders in the real ImageNet release layouts, robust to bad files.
 
 Two layouts are read: ``<root>/<wnid>/<file>`` (ImageNet train/val, Sketch, A, R, O, C) where the
-label is the wnid's position in a class list, and ``<root>/<int>/<file>`` (ImageNetV2) where the
-folder name *is* the class index (never string-sorted). Files are sorted with a natural key like
-timm, so ``img2`` comes before ``img10``.
+label is the wnid's position in a class list, and ``<root>/<int>/<file>`` (ImageNetV2) where folder
+``i`` holds the ``i``-th class of the list the release numbers (ImageNet-1k's sorted wnids), mapped
+to its position in the model's class list (numbers are never string-sorted). Files are sorted with a
+natural key like timm, so ``img2`` comes before ``img10``. Hidden files and folders are ignored.
 """
 
 from __future__ import annotations
@@ -57,14 +58,16 @@ def read_member(member: TarMember) -> bytes:
         return handle.read(member.size)
 
 
-def scan_folder(root: Path, classes: Sequence[str] | None, layout: str = "wnid") -> list[Sample]:
+def scan_folder(
+    root: Path, classes: Sequence[str], layout: str = "wnid", numbered: Sequence[str] | None = None
+) -> list[Sample]:
     """List the images under ``root`` with their class index.
 
     Args:
         root: folder holding one sub-folder per class.
-        classes: the model's class list (wnids); for ``layout="wnid"`` a folder's label is its
-            position here. Unused for ``layout="int"``.
+        classes: the model's class list (wnids); a folder's label is its class's position here.
         layout: ``"wnid"`` (folders named by wnid) or ``"int"`` (folders named ``0..K-1``).
+        numbered: for ``layout="int"``, the class list the folder numbers index (default ``classes``).
 
     Raises:
         DataLayoutError: root missing, no class folders, or folders not matching the layout.
@@ -74,8 +77,11 @@ def scan_folder(root: Path, classes: Sequence[str] | None, layout: str = "wnid")
         raise DataLayoutError(
             f"dataset folder {root} does not exist; expected the layout {expected_layout(layout)}"
         )
-    folders = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: natural_key(p.name))
-    labels = folder_labels(root, [p.name for p in folders], classes, layout)
+    folders = sorted(
+        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: natural_key(p.name),
+    )
+    labels = folder_labels(root, [p.name for p in folders], classes, layout, numbered)
     samples: list[Sample] = []
     for folder in folders:
         files = sorted(
@@ -97,7 +103,11 @@ def expected_layout(layout: str) -> str:
 
 
 def folder_labels(
-    root: Path, names: Sequence[str], classes: Sequence[str] | None, layout: str = "wnid"
+    root: Path,
+    names: Sequence[str],
+    classes: Sequence[str],
+    layout: str = "wnid",
+    numbered: Sequence[str] | None = None,
 ) -> dict[str, int]:
     """Class index of each class folder name under ``root`` (see :func:`scan_folder`).
 
@@ -115,10 +125,23 @@ def folder_labels(
                 f"{root} has non-numeric folders ({', '.join(bad[:3])}); the int layout (ImageNetV2) "
                 f"expects folders 0..K-1; use layout 'wnid' for wnid folders"
             )
-        labels = {p.name: int(p.name) for p in folders}
+        numbered = classes if numbered is None else numbered
+        beyond = [p.name for p in folders if int(p.name) >= len(numbered)]
+        if beyond:
+            raise DataLayoutError(
+                f"{root} has folder {beyond[0]} but the int layout (ImageNetV2) numbers only {len(numbered)} "
+                f"classes (folders 0..{len(numbered) - 1})"
+            )
+        index = {wnid: i for i, wnid in enumerate(classes)}
+        unknown = [p.name for p in folders if numbered[int(p.name)] not in index]
+        if unknown:
+            raise DataLayoutError(
+                f"{root}: folder {unknown[0]} holds class {numbered[int(unknown[0])]}, which is not in the "
+                f"{len(classes)} classes of the model (folder numbers index data.label_classes: ImageNet-1k's "
+                "sorted wnids unless set)"
+            )
+        labels = {p.name: index[numbered[int(p.name)]] for p in folders}
     elif layout == "wnid":
-        if classes is None:
-            raise ValueError("scan_folder(layout='wnid') needs the class list")
         index = {wnid: i for i, wnid in enumerate(classes)}
         unknown = [p.name for p in folders if p.name not in index]
         if unknown:
@@ -128,7 +151,8 @@ def folder_labels(
                 else ""
             )
             raise DataLayoutError(
-                f"{root} has {len(unknown)} folders that are not in the class list (e.g. {unknown[0]!r})"
+                f"{root} has {len(unknown)} folders that are not among the {len(classes)} wnids it is scored "
+                f"on (e.g. {unknown[0]!r})"
                 f"{hint}; expected the layout {expected}"
             )
         labels = {p.name: index[p.name] for p in folders}
@@ -175,4 +199,7 @@ class ImageFolderDataset(Dataset):
                 log.debug("unreadable image %s: %s", self.samples[i].path, err)
                 continue
             return self.transform(image), self.samples[i].target, i, bad
-        raise DataLayoutError(f"no readable image among {len(self.samples)} files")
+        raise DataLayoutError(
+            f"no readable image among the {len(self.samples)} files of this set (e.g. {self.samples[0].path}); "
+            "replace the files or leave the set out"
+        )

@@ -88,13 +88,19 @@ class ShardSets:
                 f"written with, or rewrite them with `python -m train.shards ... --classes <file>`"
             )
 
-    def scan(self, folder: Path, classes: Sequence[str] | None, layout: str = "wnid") -> list[Sample]:
+    def scan(
+        self,
+        folder: Path,
+        classes: Sequence[str],
+        layout: str = "wnid",
+        numbered: Sequence[str] | None = None,
+    ) -> list[Sample]:
         """Like :func:`scan_folder` on the set's source folder: same order, same labels."""
         folder = Path(folder)
         manifest = self.manifest(folder.name)
         members = manifest["members"]  # [shard index, key, relative path, class index, offset, size]
         names = sorted({m[2].split("/", 1)[0] for m in members}, key=natural_key)
-        labels = folder_labels(folder, names, classes, layout)
+        labels = folder_labels(folder, names, classes, layout, numbered)
         tars = [str(self.root / s["file"]) for s in manifest["shards"]]
         return [
             Sample(folder / rel, labels[rel.split("/", 1)[0]], TarMember(tars[shard], key, offset, size))
