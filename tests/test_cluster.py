@@ -35,6 +35,7 @@ from train.config import Config, OptimConfig, register_configs
 from train.heads import create_head
 from train.loggers import restore_wandb_environment, wandb_environment
 from train.module import ClassifierModule
+from train.run_dir import OutputDirError, check_run_dir
 from train.scale import scaled_optim
 
 GRID = ("softmax_baseline", "sigmoid_baseline")
@@ -288,6 +289,32 @@ def test_run_and_sweep_dirs_are_named_after_the_slurm_job(monkeypatch: pytest.Mo
     cfg = compose_train(["experiment=sigmoid_baseline"], hydra=True)
     assert cfg.hydra.run.dir == f"outputs/sigmoid_baseline/{stamp}"
     assert cfg.hydra.sweep.dir == f"multirun/{stamp}"
+
+
+def test_default_run_dirs_of_two_processes_differ(monkeypatch: pytest.MonkeyPatch):
+    """Two runs started in the same second: the time stamp carries the process id."""
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    cfg = compose_train(["experiment=sigmoid_baseline"], hydra=True)
+    assert cfg.hydra.run.dir.startswith("outputs/sigmoid_baseline/") and cfg.hydra.run.dir.endswith(
+        f"_{os.getpid()}"
+    )
+
+
+def test_a_slurm_job_continues_only_a_run_of_the_same_settings(tmp_path: Path):
+    """A requeued job comes back to its folder; a second training of other settings in the same job (same
+    folder, slurm-<job id>) must not take over the first one's checkpoint and files."""
+    cfg = compose_train(["experiment=sigmoid_baseline", "seed=0"])
+    (tmp_path / "provenance.json").write_text("{}")
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    check_run_dir(tmp_path, cfg, resuming=False, slurm=True)  # the requeue: same settings
+    other = compose_train(["experiment=sigmoid_baseline", "seed=1"])
+    with pytest.raises(OutputDirError, match=r"holds a run of other settings \(seed=0 there, 1 here\)"):
+        check_run_dir(tmp_path, other, resuming=False, slurm=True)
+    with pytest.raises(OutputDirError, match="already holds a run"):  # outside SLURM: only with resume=
+        check_run_dir(tmp_path, cfg, resuming=False, slurm=False)
+    check_run_dir(tmp_path, other, resuming=True, slurm=False)
+    check_run_dir(tmp_path / "fresh", other, resuming=False, slurm=True)
 
 
 def test_slurm_launcher_asks_for_lightnings_requeue_signal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -64,13 +64,20 @@ def test_trainer_keys_are_checked_against_lightning():
     )
     check_trainer_args({"strategy": {"_target_": "lightning.pytorch.strategies.FSDPStrategy"}})  # made later
     assert matches(1, float) and not matches(1.5, int) and matches("warn", bool | typing.Literal["warn"])
-    check_optim_and_mixup(OptimConfig(name="lookahead_adamw"), MixupConfig(mode="elem"))
+    check_optim_and_mixup(OptimConfig(name="lookahead_adamw"), MixupConfig(mode="elem"), 16, {})
     with pytest.raises(ValueError, match="optim.name='bogus' is not a timm optimiser"):
-        check_optim_and_mixup(OptimConfig(name="bogus"), MixupConfig())
+        check_optim_and_mixup(OptimConfig(name="bogus"), MixupConfig(), 16, {})
     with pytest.raises(
         ValueError, match=r"mixup.mode='bogus' is unknown; use one of \['batch', 'pair', 'elem'\]"
     ):
-        check_optim_and_mixup(OptimConfig(), MixupConfig(mode="bogus"))
+        check_optim_and_mixup(OptimConfig(), MixupConfig(mode="bogus"), 16, {})
+    check_optim_and_mixup(OptimConfig(), MixupConfig(), 15, {})  # mixup off: any batch size
+    with pytest.raises(ValueError, match="data.batch_size=15 is odd; mixup/cutmix pairs the images"):
+        check_optim_and_mixup(OptimConfig(), MixupConfig(cutmix_alpha=1.0), 15, {})
+    with pytest.raises(
+        ValueError, match="optim.clip_grad=1.0 and trainer.gradient_clip_val=0.5 are both set"
+    ):
+        check_optim_and_mixup(OptimConfig(clip_grad=1.0), MixupConfig(), 16, {"gradient_clip_val": 0.5})
     assert resolve_precision({"precision": None}, has_cuda=False) == "32-true"
     assert resolve_precision({"precision": None}, has_cuda=True) == "bf16-mixed"
     assert resolve_precision({"precision": None, "accelerator": "cpu"}, has_cuda=True) == "32-true"

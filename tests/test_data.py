@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from timm.data import ImageNetInfo
+from timm.data import ImageNetInfo, create_transform
 
 from evaluation.suite import load_real_labels
 from train.config import DataConfig
 from train.data.datamodule import ImageNetDataModule, find_split, load_classes
 from train.data.folder import DataLayoutError, ImageFolderDataset, natural_key, scan_folder
-from train.data.transforms import eval_transform
+from train.data.transforms import eval_transform, train_transform
 
 
 def write_image(path: Path, value: int, size: int = 8) -> None:
@@ -47,12 +47,35 @@ def test_imagenet_classes_come_from_timm(tmp_path):
 def test_int_layout_maps_folder_numbers_not_strings(tmp_path):
     for k in (0, 1, 2, 10, 11):
         write_image(tmp_path / str(k) / "x.jpeg", k)
-    samples = scan_folder(tmp_path, None, layout="int")
+    wnids = [f"n{i:02d}" for i in range(12)]
+    samples = scan_folder(tmp_path, wnids, layout="int")
     assert [s.target for s in samples] == [0, 1, 2, 10, 11]
     dataset = ImageFolderDataset(samples, eval_transform(DataConfig(image_size=8, crop_pct=1.0)))
     for i, sample in enumerate(samples):  # the pixel value written is the class number
         image, target, _, _ = dataset[i]
         assert target == sample.target and round(image[0, 0, 0].item() * 255) == target
+
+
+def test_int_layout_maps_numbers_through_the_numbered_list_to_the_models_classes(tmp_path):
+    """V2's folder i is the i-th ImageNet class: with data.classes in another order it lands on that wnid."""
+    numbered = [f"n{i:02d}" for i in range(12)]
+    for k in (0, 3, 11):
+        write_image(tmp_path / str(k) / "x.jpeg", k)
+    reordered = numbered[::-1]
+    samples = scan_folder(tmp_path, reordered, layout="int", numbered=numbered)
+    assert [reordered[s.target] for s in samples] == ["n00", "n03", "n11"]
+    with pytest.raises(
+        DataLayoutError, match="folder 11 holds class n11, which is not in the 11 classes of the model"
+    ):
+        scan_folder(tmp_path, numbered[:11], layout="int", numbered=numbered)
+    with pytest.raises(DataLayoutError, match="has folder 11 but the int layout .* numbers only 4 classes"):
+        scan_folder(tmp_path, numbered[:4], layout="int")
+
+
+def test_hidden_folders_are_ignored(tmp_path):
+    write_image(tmp_path / "n01" / "x.jpeg", 1)
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    assert [s.target for s in scan_folder(tmp_path, ["n01"])] == [0]
 
 
 def test_numeric_folders_read_as_wnids_give_a_clear_error(tmp_path):
@@ -135,3 +158,19 @@ def test_benchmark_datamodule_reads_generated_layout(bench_root, tmp_path):
     image, _, _, bad = data.train_set[0]
     assert image.shape == (3, 32, 32) and image.dtype == torch.float32
     assert image.min() >= 0.0 and image.max() <= 1.0 and bad == -1
+
+
+def test_auto_augment_fills_with_the_mean_colour_like_timm():
+    """RandAugment's shear / rotate / translate fill: timm's own pipeline uses ImageNet's mean colour."""
+    ours = train_transform(DataConfig(image_size=32, auto_augment="rand-m9-mstd0.5"))
+    timms = create_transform(32, is_training=True, auto_augment="rand-m9-mstd0.5")
+
+    def fill(pipeline) -> set:
+        found = [t for t in pipeline.transforms if type(t).__name__ == "RandAugment"]
+        return {op.hparams["img_mean"] for op in found[0].ops}
+
+    assert fill(ours.transforms[0]) == fill(timms) == {(124, 116, 104)}
+    image = ours(Image.new("RGB", (40, 40), (255, 0, 128)))
+    assert (
+        image.dtype == torch.float32 and image.shape == (3, 32, 32) and 0 <= image.min() <= image.max() <= 1
+    )

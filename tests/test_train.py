@@ -146,3 +146,28 @@ def test_deepaugment_experiment_trains_and_previews(tmp_path: Path, bench_root: 
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["augment_rng_state"].dtype == torch.uint8  # replayed on resume
     assert not any(k.startswith(("augment", "edsr", "cae")) for k in ckpt["state_dict"])  # outside the model
+
+
+def test_last_checkpoint_without_an_evaluation_and_no_best_without_minival(
+    tmp_path: Path, bench_root: Path, cache_dir: Path
+):
+    """eval.every_n_epochs=2 in a one-epoch run: last.ckpt still holds the trained weights; minival asked for
+    but empty (data.minival_fraction=0): skipped with a warning, no best.ckpt to select by it."""
+    run_dir = tmp_path / "run"
+    run_train(
+        [
+            *TINY,
+            f"data.root={bench_root}",
+            "eval.every_n_epochs=2",
+            "data.minival_fraction=0",
+            "eval.variants=[minival,imagenet]",
+            "logger=none",
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+        cache_dir,
+    )
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 3 and not (run_dir / "checkpoints" / "best.ckpt").exists()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert "val/imagenet/top1" in metrics and not any(k.startswith("val/minival/") for k in metrics)

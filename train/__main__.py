@@ -9,12 +9,12 @@ from pathlib import Path
 import hydra
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 import conf
 from train.config import error_line, register_configs
-from train.run_dir import OutputDirError, check_new_run_dir, check_writable, resume_overrides
+from train.run_dir import OutputDirError, check_run_dir, check_writable, resume_overrides
 
 CONFIG_DIR = str(Path(conf.__file__).parent)
 EXPECTED_ERRORS = (ValueError, OSError, RuntimeError, FloatingPointError)  # the last: a non-finite loss
@@ -34,11 +34,6 @@ def prepare_argv(args: list[str]) -> list[str]:
     if "-m" not in args and "--multirun" not in args:
         chosen = [a.split("=", 1)[1] for a in args if a.startswith(("hydra.run.dir=", "paths.output_dir="))]
         check_writable(Path(chosen[-1].split("${")[0] or ".") if chosen else Path("outputs"))
-        if chosen and not resume and "${" not in chosen[-1]:
-            from train.cluster import on_slurm  # imports lightning: only when needed
-
-            if not on_slurm():  # a requeued SLURM job comes back to its folder
-                check_new_run_dir(Path(chosen[-1]))
     return args
 
 
@@ -55,11 +50,18 @@ def hydra_main(cfg: DictConfig) -> float | None:
     return results.get("val/imagenet/top1")
 
 
-def check_composes(args: list[str]) -> None:
+def check_single_run(args: list[str]) -> None:
     """Compose the config of a single run as Hydra will, so that an unknown key, a wrong type or an unknown
-    option fails here, as one line, instead of as Hydra's multi-line report."""
+    option fails here, as one line, instead of as Hydra's multi-line report; then check its run folder
+    (:func:`train.run_dir.check_run_dir`) before Hydra writes into it."""
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
-        compose("config", overrides=args, return_hydra_config=True)
+        cfg = compose("config", overrides=args, return_hydra_config=True)
+    from train.cluster import on_slurm  # imports lightning: only when needed
+
+    run_dir = Path(cfg.hydra.run.dir)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    check_run_dir(run_dir, cfg, resuming=OmegaConf.select(cfg, "resume") is not None, slurm=on_slurm())
 
 
 def main() -> None:
@@ -68,7 +70,7 @@ def main() -> None:
         args = prepare_argv(sys.argv[1:])
         hydra_flags = any(a.startswith("-") for a in args)  # -m, --cfg, --help, ...: left to Hydra
         if not hydra_flags:
-            check_composes(args)
+            check_single_run(args)
     except (OutputDirError, FileNotFoundError, HydraException, OmegaConfBaseException) as err:
         print(f"error: {error_line(err)}", file=sys.stderr)
         sys.exit(2)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import random
+import resource
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
-import psutil
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -65,8 +66,15 @@ class RandomStateCheckpoint(L.Callback):
             torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
+def cpu_peak_memory_mb() -> float:
+    """Peak resident memory of this process so far, MiB (getrusage: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
 class HealthMonitor(L.Callback):
-    """Logs images/s, seconds spent waiting for data, and peak memory once per training epoch."""
+    """Logs images/s, seconds spent waiting for data, and peak memory once per training epoch (on a GPU the
+    epoch's peak of allocated memory; on a CPU the process's peak resident memory so far)."""
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # a run resumed mid-epoch (e.g. a SLURM requeue) continues an epoch whose start hook does not run again
@@ -96,7 +104,7 @@ class HealthMonitor(L.Callback):
         if pl_module.device.type == "cuda":
             peak_mb = torch.cuda.max_memory_allocated(pl_module.device) / 2**20
         else:
-            peak_mb = psutil.Process().memory_info().rss / 2**20
+            peak_mb = cpu_peak_memory_mb()
         pl_module.log_dict(
             {
                 "health/images_per_s": self.images * trainer.world_size / seconds,

@@ -35,9 +35,10 @@ def slurm_job_id() -> str | None:
 
 def run_stamp() -> str:
     """The last part of a default run directory: ``slurm-<job id>`` under SLURM (a requeued job
-    finds its folder again, and all srun tasks agree), else the local time."""
+    finds its folder again, and all srun tasks agree), else the local time and the process id (two
+    runs started in the same second get folders of their own; DDP workers are given the parent's)."""
     job = slurm_job_id()
-    return f"slurm-{job}" if job else datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    return f"slurm-{job}" if job else f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{os.getpid()}"
 
 
 def register_resolvers() -> None:

@@ -32,6 +32,7 @@ class SoftmaxHead(nn.Module):
 
     def loss(self, logits: Tensor, target: Tensor) -> Tensor:
         """Mean loss. logits [B,K]; target [B] int64 class indices or [B,K] dense probabilities."""
+        logits = logits.float()  # like the sigmoid head: float32 under autocast too (CPU autocast keeps bf16)
         if target.ndim == 1:
             return F.cross_entropy(logits, target, label_smoothing=self.smoothing)
         return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()

@@ -7,6 +7,7 @@ mixup/cutmix (soft targets) -> normalise -> backbone -> logits -> head.loss.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import lightning as L
@@ -110,7 +111,11 @@ class ClassifierModule(L.LightningModule):
         object.__setattr__(self, "augment", augment)  # not a submodule on purpose
         self.resumed_augment_state: Any = None
         self.resumed_augment_states: list[Any] | None = None
-        self.forward_model = torch.compile(self.classifier) if model.compile else self.classifier
+        # the (compiled) classifier, not a submodule: its weights are classifier.*, whether compiled or not
+        object.__setattr__(
+            self, "forward_model", torch.compile(self.classifier) if model.compile else self.classifier
+        )
+        self.ema_step = 0  # the optimizer step the EMA weights last followed
 
     # --- forward -----------------------------------------------------------------------------
     def normalize(self, images: Tensor) -> Tensor:
@@ -166,6 +171,9 @@ class ClassifierModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.resumed_augment_state = checkpoint.get("augment_rng_state")
         self.resumed_augment_states = checkpoint.get("augment_rng_states_by_rank")
+        # The schedule is a function of the step and this run's config (lr_scheduler_step): a resumed run with
+        # another trainer.max_epochs follows the new length instead of the saved one (which ended at lr 0).
+        checkpoint["lr_schedulers"] = [{} for _ in checkpoint.get("lr_schedulers", [])]
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """Augment (on the device, no grad) -> mixup -> forward -> head loss. Only training batches
@@ -186,9 +194,18 @@ class ClassifierModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=images.shape[0])
         return loss
 
+    def on_train_start(self) -> None:
+        """After a resume: the EMA and the learning rate continue from the saved step (the optimizer's saved lr
+        belongs to the saved schedule, which a changed trainer.max_epochs replaces)."""
+        self.ema_step = self.global_step
+        for config in self.trainer.lr_scheduler_configs:
+            self.lr_scheduler_step(config.scheduler, None)
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.ema is not None:
+        """The EMA follows every optimizer step (one per ``accumulate_grad_batches`` batches), like timm's."""
+        if self.ema is not None and self.global_step != self.ema_step:
             self.ema.update(self.classifier, step=self.global_step)
+            self.ema_step = self.global_step
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
         """Returns the [B,K] logits; the evaluation callback gathers and scores them."""
@@ -200,8 +217,13 @@ class ClassifierModule(L.LightningModule):
         optimizer = create_optimizer_v2(
             self.classifier, opt=cfg.name, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum
         )
-        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
-        steps_per_epoch = max(total_steps // max(self.trainer.max_epochs or 1, 1), 1)
+        total_steps = max(int(self.trainer.estimated_stepping_batches), 1)  # also sets num_training_batches
+        batches = self.trainer.num_training_batches
+        steps_per_epoch = (
+            max(math.ceil(batches / self.trainer.accumulate_grad_batches), 1)
+            if math.isfinite(batches)
+            else max(total_steps // max(self.trainer.max_epochs or 1, 1), 1)
+        )  # warmup_epochs counts epochs, also when trainer.max_steps ends the run earlier
         scheduler = CosineLRScheduler(
             optimizer,
             t_initial=total_steps,
@@ -218,6 +240,13 @@ class ClassifierModule(L.LightningModule):
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
     ) -> None:
-        clip = self.optim_cfg.clip_grad if self.optim_cfg.clip_grad is not None else gradient_clip_val
-        if clip:
-            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
+        """``optim.clip_grad`` (global norm, timm's default), else the trainer's ``gradient_clip_val`` with its
+        ``gradient_clip_algorithm`` (norm or value); both set is refused by the config check."""
+        if self.optim_cfg.clip_grad is not None:
+            gradient_clip_val, gradient_clip_algorithm = self.optim_cfg.clip_grad, "norm"
+        if gradient_clip_val:
+            self.clip_gradients(
+                optimizer,
+                gradient_clip_val=gradient_clip_val,
+                gradient_clip_algorithm=gradient_clip_algorithm or "norm",
+            )

@@ -34,15 +34,16 @@ class OutputDirError(OSError):
     """The run directory cannot be created or written."""
 
 
-def check_writable(path: Path) -> None:
-    """Fail early (one line) when ``path`` or its nearest existing ancestor is not writable."""
+def check_writable(path: Path, option: str = "hydra.run.dir=<dir> (or paths.output_dir=<dir>)") -> None:
+    """Fail early (one line) when ``path`` or its nearest existing ancestor is not writable; the message
+    tells how to choose another (``option``)."""
     probe = Path(path).absolute()
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise OutputDirError(
             f"output directory {path} cannot be created: {probe} is not a writable folder; "
-            f"choose another with hydra.run.dir=<dir> (or paths.output_dir=<dir>)"
+            f"choose another with {option}"
         )
 
 
@@ -146,6 +147,38 @@ def check_new_run_dir(run_dir: Path) -> None:
         raise OutputDirError(
             f"{run_dir} already holds a run ({found[0]}); continue it with resume={run_dir}, or choose another "
             "hydra.run.dir"
+        )
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> one level with dotted keys (W&B groups runs by these)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def check_run_dir(run_dir: Path, cfg: DictConfig, resuming: bool, slurm: bool) -> None:
+    """Before Hydra writes into ``run_dir``: a new run refuses a folder holding a run (:func:`check_new_run_dir`);
+    a SLURM job finding one continues it (a requeue) only when it trains the same thing -- a second training
+    of other settings in one job would otherwise take over the first one's checkpoint and files."""
+    if resuming or not any((run_dir / marker).is_file() for marker in RUN_MARKERS):
+        return
+    if not slurm:
+        check_new_run_dir(run_dir)
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    before = flatten(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
+    now = flatten(OmegaConf.to_container(cfg, resolve=True))
+    changed = sorted(k for k in before.keys() | now.keys() if _fixed(k) and before.get(k) != now.get(k))
+    if changed:
+        key = changed[0]
+        raise OutputDirError(
+            f"{run_dir} holds a run of other settings ({key}={before.get(key)} there, {now.get(key)} here): a "
+            "requeued job continues its own run; give a second training in one SLURM job its own hydra.run.dir"
         )
 
 

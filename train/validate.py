@@ -68,9 +68,13 @@ def check_trainer_args(trainer_cfg: dict[str, Any]) -> None:
             raise ValueError(f"trainer.{key}={value!r} does not fit lightning.Trainer's {key}: {expected}")
 
 
-def check_optim_and_mixup(optim: OptimConfig, mixup: MixupConfig) -> None:
-    """``optim.name`` must be a timm optimiser (with an optional ``lookahead_`` prefix) and ``mixup.mode`` a
-    timm Mixup mode; checked before any work (timm would only fail when training starts, or not at all)."""
+def check_optim_and_mixup(
+    optim: OptimConfig, mixup: MixupConfig, batch_size: int, trainer_args: dict[str, Any]
+) -> None:
+    """``optim.name`` must be a timm optimiser (with an optional ``lookahead_`` prefix), ``mixup.mode`` a timm
+    Mixup mode, the batch even when mixup/cutmix is on (timm pairs each image with its mirror in the batch) and
+    at most one of ``optim.clip_grad`` and ``trainer.gradient_clip_val`` set; checked before any work (timm and
+    Lightning would only fail when training starts, or not at all)."""
     known = getattr(timm.optim, "get_optimizer_info", None)  # timm >= 1.0.12
     if known is not None:
         try:
@@ -82,6 +86,15 @@ def check_optim_and_mixup(optim: OptimConfig, mixup: MixupConfig) -> None:
             ) from None
     if mixup.mode not in MIXUP_MODES:
         raise ValueError(f"mixup.mode={mixup.mode!r} is unknown; use one of {list(MIXUP_MODES)}")
+    if (mixup.mixup_alpha > 0 or mixup.cutmix_alpha > 0) and batch_size % 2:
+        raise ValueError(
+            f"data.batch_size={batch_size} is odd; mixup/cutmix pairs the images of a batch: give an even batch size"
+        )
+    if optim.clip_grad is not None and trainer_args.get("gradient_clip_val"):
+        raise ValueError(
+            f"optim.clip_grad={optim.clip_grad} and trainer.gradient_clip_val={trainer_args['gradient_clip_val']} "
+            "are both set; keep one (optim.clip_grad clips the global norm)"
+        )
 
 
 def resolve_precision(trainer_cfg: dict[str, Any], has_cuda: bool) -> str:

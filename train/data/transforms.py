@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 import torch
 from PIL import Image
-from timm.data import create_transform
+from timm.data import IMAGENET_DEFAULT_MEAN, create_transform
+from torchvision import transforms
 
 from train.config import DataConfig
 
@@ -19,8 +20,10 @@ IDENTITY_STD = (1.0, 1.0, 1.0)
 
 
 def train_transform(cfg: DataConfig) -> Callable[[Image.Image], torch.Tensor]:
-    """RandomResizedCrop(image_size, scale, ratio) + flip (+ optional colour jitter / auto-augment)."""
-    return create_transform(
+    """RandomResizedCrop(image_size, scale, ratio) + flip (+ optional colour jitter / auto-augment), then
+    uint8 -> float [0, 1]. RandAugment / AugMix fill with ImageNet's mean colour, as in timm's own pipeline
+    (``mean`` sets that fill; ``normalize=False`` leaves normalisation to the device)."""
+    pipeline = create_transform(
         cfg.image_size,
         is_training=True,
         scale=tuple(cfg.scale),
@@ -29,9 +32,10 @@ def train_transform(cfg: DataConfig) -> Callable[[Image.Image], torch.Tensor]:
         color_jitter=cfg.color_jitter or 0.0,
         auto_augment=cfg.auto_augment,
         interpolation=cfg.interpolation,
-        mean=IDENTITY_MEAN,
-        std=IDENTITY_STD,
+        mean=IMAGENET_DEFAULT_MEAN,
+        normalize=False,
     )
+    return transforms.Compose([pipeline, transforms.ConvertImageDtype(torch.float32)])
 
 
 def eval_transform(cfg: DataConfig) -> Callable[[Image.Image], torch.Tensor]:
