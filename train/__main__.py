@@ -56,8 +56,10 @@ def check_single_run(args: list[str]) -> None:
     (:func:`train.run_dir.check_run_dir`) before Hydra writes into it."""
     with initialize_config_dir(version_base="1.3", config_dir=CONFIG_DIR):
         cfg = compose("config", overrides=args, return_hydra_config=True)
-    from train.cluster import on_slurm  # imports lightning: only when needed
+    from train.cluster import is_rank_zero, on_slurm  # imports lightning: only when needed
 
+    if not is_rank_zero():  # the other DDP ranks join rank 0's run, in its folder
+        return
     run_dir = Path(cfg.hydra.run.dir)
     with open_dict(cfg):
         del cfg["hydra"]
