@@ -346,3 +346,23 @@ def test_single_run_warns_nothing_to_compare(sweep: Path, tmp_path: Path, cache_
         "warning: only one run (only): nothing to compare it with, every difference is 0"
     ]
     assert "1 runs" in (tmp_path / "out" / "comparison.md").read_text()
+
+
+def test_one_experiment_name_over_two_heads_is_split(
+    sweep: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """`python -m train -m head=softmax,sigmoid` names both runs after one experiment: not two seeds of it."""
+    softmax = copy_run(sweep / "softmax_baseline_seed0", tmp_path / "a")
+    sigmoid = copy_run(sweep / "sigmoid_baseline_seed0", tmp_path / "b")
+    config = OmegaConf.load(sigmoid / "config.yaml")
+    config.experiment = "softmax_baseline"  # as the swept head override leaves it
+    OmegaConf.save(config, sigmoid / "config.yaml")
+    runs = load_runs([str(softmax), str(sigmoid)])
+    assert [r.experiment for r in runs] == [
+        "softmax_baseline[head=softmax]",
+        "softmax_baseline[head=sigmoid]",
+    ]
+    (warning,) = compare_warnings(caplog)
+    assert warning.startswith("experiment softmax_baseline holds runs of different head")
+    report = write_report(runs, tmp_path / "out", resamples=10)
+    assert "softmax_baseline[head=sigmoid]" in report.read_text()

@@ -250,6 +250,27 @@ def unique_names(runs: list[Run]) -> None:
             run.name = f"{run.run_dir.parent.name}/{run.name}" if run.run_dir else f"{run.name}-{run.run_id}"
 
 
+def split_mixed_experiments(runs: list[Run]) -> None:
+    """An experiment name shared by runs that trained differently (``head=softmax,sigmoid`` swept under one
+    experiment) would average them as seeds of one experiment: each setting becomes its own experiment,
+    ``<name>[head=sigmoid]``, with a warning."""
+    for name in dict.fromkeys(r.experiment for r in runs):
+        members = [r for r in runs if r.experiment == name]
+        differing = [
+            key for key in ("head", "augment", "model") if len({getattr(r, key) for r in members}) > 1
+        ]
+        if not differing:
+            continue
+        for run in members:
+            run.experiment = f"{name}[{','.join(f'{k}={getattr(run, k)}' for k in differing)}]"
+        log.warning(
+            "experiment %s holds runs of different %s: compared as %s",
+            name,
+            " and ".join(differing),
+            ", ".join(sorted({r.experiment for r in members})),
+        )
+
+
 def load_runs(sources: list[str]) -> list[Run]:
     """Every run named by ``sources`` (run dirs, sweep folders, offline W&B folders, wandb:// URLs),
     in source order. A run named twice (same folder, same W&B run id) counts once; the offline
@@ -300,4 +321,5 @@ def load_runs(sources: list[str]) -> list[Run]:
     for reason in skipped:
         log.warning("%s: left out", reason)
     unique_names(runs)
+    split_mixed_experiments(runs)
     return runs
