@@ -24,6 +24,7 @@ from evaluation.compare.sources import Run
 from evaluation.config import EvaluateConfig, run_config_path
 from evaluation.logits import save_logits
 from evaluation.plots import PlotWriter
+from evaluation.progress import VariantProgressBar
 from evaluation.results import write_scores
 from evaluation.suite import build_data
 from evaluation.wandb_logging import log_final
@@ -135,7 +136,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     logger = eval_logger(conf, cfg, output_dir, augment)
     trainer = L.Trainer(
         **trainer_args,
-        callbacks=[evaluator, PlotWriter(evaluator, output_dir)],
+        callbacks=[
+            evaluator,
+            PlotWriter(evaluator, output_dir),
+            *([VariantProgressBar(evaluator)] if trainer_args.get("enable_progress_bar", True) else []),
+        ],
         logger=logger or False,
         default_root_dir=str(output_dir),
         use_distributed_sampler=False,

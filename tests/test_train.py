@@ -154,7 +154,7 @@ def test_last_checkpoint_without_an_evaluation_and_no_best_without_minival(
     """eval.every_n_epochs=2 in a one-epoch run: last.ckpt still holds the trained weights; minival asked for
     but empty (data.minival_fraction=0): skipped with a warning, no best.ckpt to select by it."""
     run_dir = tmp_path / "run"
-    run_train(
+    proc = run_train(
         [
             *TINY,
             f"data.root={bench_root}",
@@ -171,3 +171,4 @@ def test_last_checkpoint_without_an_evaluation_and_no_best_without_minival(
     assert checkpoint["global_step"] == 3 and not (run_dir / "checkpoints" / "best.ckpt").exists()
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert "val/imagenet/top1" in metrics and not any(k.startswith("val/minival/") for k in metrics)
+    assert "Validation imagenet: 100%" in proc.stdout  # the bar names the variants its loader scores

@@ -24,6 +24,7 @@ from evaluation.generated import GeneratedCorruptions
 from evaluation.logits import save_logits
 from evaluation.metrics import ALEXNET, CorruptionReference
 from evaluation.plots import PlotWriter
+from evaluation.progress import VariantProgressBar
 from evaluation.registry import metric_spec
 from evaluation.results import write_scores
 from evaluation.suite import VAL, EvalSuite, build_data
@@ -139,6 +140,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
         "augment": augment_name(cfg),
         "benchmark_sha256": data_hash,
         "git_commit": provenance["git_commit"],
+        "trainer.precision": resolve_precision(trainer_args, torch.cuda.is_available()),  # the one used
     }
     logger = create_logger(conf.logger, run_dir, conf.experiment, group, tags, flat_config, wandb_id)
     declare_metrics(logger)
@@ -175,6 +177,8 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
         )
     if logger is not None:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    if trainer_args.get("enable_progress_bar", True):
+        callbacks.append(VariantProgressBar(evaluator))
     trainer_args["precision"] = resolve_precision(trainer_args, torch.cuda.is_available())
     trainer_args["strategy"] = build_strategy(trainer_args.get("strategy", "auto"))
     trainer = L.Trainer(
