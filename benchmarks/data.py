@@ -98,6 +98,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    if args.images < args.batch:
+        parser.error(f"--images {args.images} < --batch {args.batch}: the loaders drop a partial batch")
     with tempfile.TemporaryDirectory() as tmp:
         root = upscaled_folder(Path(tmp) / "jpeg", args.images)
         cfg = DataConfig(

@@ -47,7 +47,10 @@ def resolve_wandb_mode(mode: str) -> str:
     """``online``/``offline`` as configured; ``auto`` (or an env WANDB_MODE) decides by key and network."""
     env = os.environ.get("WANDB_MODE")
     if mode == "auto" and env in ("online", "offline", "disabled"):
-        return "offline" if env == "disabled" else env
+        if env == "disabled":  # the run's files still hold its record (compare reads them)
+            log.warning("WANDB_MODE=disabled: W&B logs offline; logger=none or logger=csv turns it off")
+            return "offline"
+        return env
     if mode in ("online", "offline"):
         return mode
     if mode != "auto":

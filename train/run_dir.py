@@ -8,6 +8,7 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -34,13 +35,22 @@ class OutputDirError(OSError):
     """The run directory cannot be created or written."""
 
 
+def can_create_in(folder: Path) -> bool:
+    """Whether a file can be made in ``folder`` (``os.access`` says yes to root in /proc)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
 def check_writable(path: Path, option: str = "hydra.run.dir=<dir> (or paths.output_dir=<dir>)") -> None:
     """Fail early (one line) when ``path`` or its nearest existing ancestor is not writable; the message
     tells how to choose another (``option``)."""
     probe = Path(path).absolute()
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK) or not can_create_in(probe):
         raise OutputDirError(
             f"output directory {path} cannot be created: {probe} is not a writable folder; "
             f"choose another with {option}"

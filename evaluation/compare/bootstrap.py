@@ -86,6 +86,11 @@ def partner(run: Run, runs: Sequence[Run], factor: str, value: str) -> Run | Non
     return None
 
 
+DIFFERENCE_COLUMNS = (
+    "comparison", "with", "seed", "variant", "diff", "ci_low", "ci_high", "n_images", "run", "reference_run"
+)  # fmt: skip
+
+
 def paired_differences(
     runs: Sequence[Run], baseline: Run, resamples: int = RESAMPLES, seed: int = 0
 ) -> pd.DataFrame:
@@ -122,7 +127,7 @@ def paired_differences(
                         "reference_run": ref.name,
                     }
                 )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=DIFFERENCE_COLUMNS)  # the header also when no pair has logits
 
 
 def summarise(differences: pd.DataFrame) -> pd.DataFrame:
