@@ -31,7 +31,7 @@ from evaluation.wandb_logging import log_final
 from train.config import MixupConfig, OptimConfig
 from train.heads import create_head
 from train.loggers import create_logger, restore_wandb_environment, run_tags, wandb_environment
-from train.module import ClassifierModule
+from train.module import ClassifierModule, own_weights
 from train.program import augment_name, corruption_references, flatten, generated_scorer
 from train.run_dir import OutputDirError, check_writable, previous_group, write_config
 from train.validate import check_trainer_args, resolve_precision
@@ -94,7 +94,7 @@ def build_model(conf: EvaluateConfig, num_classes: int) -> ClassifierModule:
             raise ValueError(
                 f"{what} is not a `python -m train` checkpoint; for timm weights use model.pretrained=<file>"
             )
-        state = checkpoint["state_dict"]
+        state = own_weights(checkpoint["state_dict"])
         check_class_count(state, f"classifier.{key}", what, num_classes)
         load_weights(module, state, what, "give the model.name and model.ema of the run that wrote it")
     else:

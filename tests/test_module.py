@@ -116,3 +116,17 @@ def test_checkpoint_weights_are_the_classifiers_once():
     """The compiled or plain forward model is not a second copy: toggling model.compile keeps the keys."""
     keys = module(ema=True).state_dict().keys()
     assert {k.split(".")[0] for k in keys} == {"classifier", "ema"}
+
+
+def test_a_checkpoint_holding_the_classifier_twice_still_resumes(tmp_path: Path):
+    """Checkpoints written while the forward model was a registered submodule hold forward_model.* copies."""
+    first = trainer(max_epochs=1)
+    first.fit(module(), batches(2))
+    first.save_checkpoint(tmp_path / "last.ckpt")
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    weights = checkpoint["state_dict"]
+    weights.update({f"forward_model.{k[len('classifier.') :]}": v for k, v in list(weights.items())})
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    model = module()
+    trainer(max_epochs=2).fit(model, batches(2), ckpt_path=tmp_path / "old.ckpt")
+    assert model.trainer.global_step == 4

@@ -27,6 +27,12 @@ from train.heads import SigmoidHead, SoftmaxHead
 log = logging.getLogger(__name__)
 
 
+def own_weights(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A checkpoint's ``state_dict`` without ``forward_model.*``: the second copy of the classifier that
+    checkpoints written before 2026-12-06 hold (then a registered submodule), so they still load."""
+    return {k: v for k, v in state.items() if not k.startswith("forward_model.")}
+
+
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or inf."""
 
@@ -171,6 +177,7 @@ class ClassifierModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.resumed_augment_state = checkpoint.get("augment_rng_state")
         self.resumed_augment_states = checkpoint.get("augment_rng_states_by_rank")
+        checkpoint["state_dict"] = own_weights(checkpoint["state_dict"])
         # The schedule is a function of the step and this run's config (lr_scheduler_step): a resumed run with
         # another trainer.max_epochs follows the new length instead of the saved one (which ended at lr 0).
         checkpoint["lr_schedulers"] = [{} for _ in checkpoint.get("lr_schedulers", [])]
