@@ -32,8 +32,8 @@ from train.config import MixupConfig, OptimConfig
 from train.heads import create_head
 from train.loggers import create_logger, restore_wandb_environment, run_tags, wandb_environment
 from train.module import ClassifierModule, own_weights
-from train.program import augment_name, corruption_references, flatten, generated_scorer
-from train.run_dir import OutputDirError, check_writable, previous_group, write_config
+from train.program import augment_name, corruption_references, generated_scorer
+from train.run_dir import OutputDirError, check_writable, flatten, previous_group, write_config
 from train.validate import check_trainer_args, resolve_precision
 
 log = logging.getLogger("evaluation")

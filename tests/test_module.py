@@ -125,7 +125,12 @@ def test_a_checkpoint_holding_the_classifier_twice_still_resumes(tmp_path: Path)
     first.save_checkpoint(tmp_path / "last.ckpt")
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
     weights = checkpoint["state_dict"]
-    weights.update({f"forward_model.{k[len('classifier.') :]}": v for k, v in list(weights.items())})
+    copies = {
+        f"forward_model.{k.removeprefix('classifier.')}": v
+        for k, v in weights.items()
+        if k.startswith("classifier.")
+    }
+    weights.update(copies)
     torch.save(checkpoint, tmp_path / "old.ckpt")
     model = module()
     trainer(max_epochs=2).fit(model, batches(2), ckpt_path=tmp_path / "old.ckpt")
