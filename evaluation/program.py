@@ -117,7 +117,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check_trainer_args(trainer_args)
     output_dir = Path(conf.output_dir)
     check_output_dir(output_dir)
-    c_references = corruption_references(conf.eval.c_normaliser)
+    c_references = corruption_references(conf.eval.c_normaliser, conf.eval.variants)
     data, suite = build_data(conf)
     if conf.eval.max_images is not None:
         log.warning(

@@ -31,6 +31,7 @@ MAX_REAL_LABELS = 9  # the largest ReaL label set has 9 classes
 SEVERITIES = 5  # ImageNet-C's severities 1..5
 VAL = "val"
 C_NAMES = (*IMAGENET_C_CORRUPTIONS, *IMAGENET_C_EXTRA)
+IMAGENET = get_variant("imagenet")  # its folder is the clean val every other variant is compared with
 TIMM_INFO = Path(timm.data.__file__).parent / "_info"
 
 
@@ -59,15 +60,25 @@ def load_real_labels(
         entry = entries[position[file.name]]
         labels[row, : len(entry)] = torch.tensor(entry, dtype=torch.long)
     if remap is not None:
+        if labels.max() >= len(remap):
+            raise DataLayoutError(
+                f"{path} names class {int(labels.max())} but the list its entries index (data.label_classes) "
+                f"has {len(remap)}; give the list real.json was written for"
+            )
+        labelled = (labels >= 0).any(1)
         labels = labels.where(labels < 0, remap[labels.clamp_min(0)])
+        if labelled.any() and not (labels >= 0).any():
+            raise DataLayoutError(
+                f"none of {path}'s labels is among the model's classes; give data.label_classes=<the wnid list "
+                "real.json indexes>"
+            )
+        if (lost := int((labelled & ~(labels >= 0).any(1)).sum())) > 0:
+            log.warning("ReaL: %d labelled images have no label among the model's classes (not scored)", lost)
     return labels
 
 
-def class_remap(numbered: Sequence[str], classes: Sequence[str]) -> torch.Tensor | None:
-    """[len(numbered)] int64: the position in ``classes`` of each class of ``numbered`` (-1 where absent);
-    None when the two lists are the same."""
-    if list(numbered) == list(classes):
-        return None
+def class_remap(numbered: Sequence[str], classes: Sequence[str]) -> torch.Tensor:
+    """[len(numbered)] int64: the position in ``classes`` of each class of ``numbered`` (-1 where absent)."""
     position = {w: i for i, w in enumerate(classes)}
     return torch.tensor([position.get(w, -1) for w in numbered], dtype=torch.long)
 
@@ -80,21 +91,21 @@ def real_labels_path(data_name: str, root: Path, configured: str | None) -> Path
 
 
 def subset_indices(
-    stem: str, root: Path, classes: Sequence[str], images: Path
+    stem: str, root: Path, classes: Sequence[str], images: Path, release_folders: Sequence[str] | None
 ) -> tuple[list[str], torch.Tensor]:
     """The wnids of a class subset and their indices in ``classes``.
 
     The wnids come from ``<root>/<stem>_synsets.txt``, else timm's copy (A and R), else the class folders
-    of the release in ``images`` (ImageNet-O, whose list timm does not ship: its 200 folders are its
-    classes). When an index file ``<stem>_indices.txt`` exists it must agree with the class list.
+    of the release in ``images``, ``release_folders`` (ImageNet-O, whose list timm does not ship: its 200
+    folders are its classes; None: no such folder). When an index file ``<stem>_indices.txt`` exists it
+    must agree with the class list.
     """
     folder = next((f for f in (root, TIMM_INFO) if (f / f"{stem}_synsets.txt").is_file()), None)
     if folder is not None:
         source = folder / f"{stem}_synsets.txt"
         wnids = source.read_text().split()
-    elif images.is_dir():
-        source = images
-        wnids = sorted(p.name for p in images.iterdir() if p.is_dir() and not p.name.startswith("."))
+    elif release_folders is not None:
+        source, wnids = images, sorted(release_folders)
     else:
         raise DataLayoutError(f"{images} does not exist; expected the layout <root>/<wnid>/<image>")
     position = {w: i for i, w in enumerate(classes)}
@@ -208,15 +219,24 @@ def build_suite(
     def folder_of(variant: Variant) -> Path:
         if variant.name in paths:
             return Path(paths[variant.name])
+        if variant.path == VAL and IMAGENET.name in paths:  # ReaL labels the val images wherever they are
+            return Path(paths[IMAGENET.name])
         if shards is not None and variant.path in shards.names:
             return shards.folder(variant.path)
         return find_split(root, VAL) if variant.path == VAL else root / variant.path
 
     def is_val(folder: Path) -> bool:
         try:
-            return folder == folder_of(get_variant("imagenet"))
+            return folder == folder_of(IMAGENET)
         except DataLayoutError:  # no val split: imagenet-real redirected elsewhere still scores
             return False
+
+    def class_folders(folder: Path) -> list[str] | None:
+        if shards is not None and shards.holds(folder):
+            return shards.class_folders(folder.name)
+        if not folder.is_dir():
+            return None
+        return [p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
 
     def scan(folder: Path, wnids: Sequence[str], layout: str = "wnid") -> list[Sample]:
         if shards is not None and shards.holds(folder):
@@ -237,7 +257,7 @@ def build_suite(
                     raise DataLayoutError("minival is empty; set data.minival_fraction > 0")
                 source = add_source(MINIVAL, lambda h=held_out: (h, {}))
             elif variant.kind == "generated":
-                val = folder_of(get_variant("imagenet"))
+                val = folder_of(IMAGENET)
                 source = add_source(VAL, lambda v=val: (scan(v, classes), {}))
             elif variant.kind == "corruption":
                 folder = folder_of(variant)
@@ -249,22 +269,26 @@ def build_suite(
                 source = add_source(str(folder), make_c)
             elif variant.kind in ("subset", "ood"):
                 folder = folder_of(variant)
-                wnids, indices = subset_indices(variant.subset, root, classes, folder)
-                samples = scan(folder, wnids)
+                wnids, indices = subset_indices(variant.subset, root, classes, folder, class_folders(folder))
                 # scored against val images of the same classes (O: in-distribution, needed; A, R: clean accuracy)
                 try:
-                    val = add_source(VAL, lambda: (scan(folder_of(get_variant("imagenet")), classes), {}))
+                    val = (
+                        sources[VAL].dataset.samples if VAL in sources else scan(folder_of(IMAGENET), classes)
+                    )
                 except DataLayoutError as err:
                     if variant.kind == "ood":
                         raise
                     log.warning(
                         "%s: no clean val images (%s): clean_top1 and gap not reported", variant.name, err
                     )
-                else:
-                    if variant.kind == "ood" and not set(indices.tolist()) & set(val.dataset.targets):
-                        raise DataLayoutError(
-                            f"val has no images of its {len(wnids)} classes, its in-distribution set"
-                        )
+                    val = None
+                if variant.kind == "ood" and not set(indices.tolist()) & {s.target for s in val}:
+                    raise DataLayoutError(
+                        f"val has no images of its {len(wnids)} classes, its in-distribution set"
+                    )
+                samples = scan(folder, wnids)  # read only once val is known to serve
+                if val is not None:
+                    add_source(VAL, lambda v=val: (list(v), {}))
                 subsets[variant.name] = indices
                 source = add_source(str(folder), lambda s=samples: (s, {}))
             else:

@@ -226,7 +226,6 @@ def test_train_cli_from_shards(bench_root, shard_dir, cache_dir, tmp_path):
             "data=imagenet_wds",
             f"data.shards={shard_dir}",
             f"data.classes={shard_dir / 'classes.txt'}",
-            f"data.label_classes={shard_dir / 'classes.txt'}",  # real.json and V2's numbers index the benchmark's
             f"data.real_labels={shard_dir / 'real.json'}",
             "eval.strict=true",
             f"hydra.run.dir={run_dir}",

@@ -8,9 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from timm.data import ImageNetInfo
 
 from evaluation.suite import VAL, build_suite, load_real_labels, subset_indices
+from train.config import DataConfig
+from train.data.datamodule import label_file_classes
 from train.data.folder import DataLayoutError
+from train.data.shards import ShardSets
+from train.shards import write_shards
 
 
 def classes_of(root: Path) -> list[str]:
@@ -32,17 +37,28 @@ def test_imagenet_pointed_elsewhere_is_still_the_clean_val_read_once(bench_root:
     assert [v.name for v in suite.source(VAL).variants] == ["imagenet"]
 
 
-def test_imagenet_o_wnids_come_from_its_folders_when_no_list_is_shipped(bench_root: Path, tmp_path: Path):
-    """timm ships no imagenet_o_synsets.txt: the release's 200 class folders are its classes."""
+@pytest.mark.parametrize("stored", ["folders", "shards"])
+def test_imagenet_o_wnids_come_from_its_folders_when_no_list_is_shipped(
+    bench_root: Path, tmp_path: Path, stored: str
+):
+    """timm ships no imagenet_o_synsets.txt: the release's class folders are its classes (also in shards)."""
     root = tmp_path / "root"
     root.mkdir()
-    (root / "imagenet-o").symlink_to(bench_root / "imagenet-o")
-    wnids, indices = subset_indices("imagenet_o", root, classes_of(bench_root), root / "imagenet-o")
-    shipped = (bench_root / "imagenet_o_synsets.txt").read_text().split()
-    assert wnids == sorted(shipped)
-    assert indices.tolist() == [classes_of(bench_root).index(w) for w in sorted(shipped)]
+    for name in ("val", "imagenet-o", "classes.txt"):
+        (root / name).symlink_to(bench_root / name)
+    shards = None
+    if stored == "shards":
+        write_shards(root, tmp_path / "shards", ["val", "imagenet-o"], progress=False)
+        (tmp_path / "shards" / "imagenet_o_synsets.txt").unlink(missing_ok=True)
+        shards = ShardSets(tmp_path / "shards")
+    suite = suite_of(["imagenet-o"], root, shards=shards, strict=True)
+    shipped = sorted((bench_root / "imagenet_o_synsets.txt").read_text().split())
+    assert suite.subsets["imagenet-o"].tolist() == [classes_of(bench_root).index(w) for w in shipped]
+    assert len(
+        suite.source(str(root / "imagenet-o") if shards is None else str(shards.folder("imagenet-o"))).dataset
+    ) == len(list((bench_root / "imagenet-o").glob("*/*")))
     with pytest.raises(DataLayoutError, match="nowhere does not exist"):
-        subset_indices("imagenet_o", root, classes_of(bench_root), root / "nowhere")
+        subset_indices("imagenet_o", root, classes_of(bench_root), root / "nowhere", None)
 
 
 def test_imagenet_o_without_val_images_of_its_classes_is_skipped_before_any_pass(
@@ -56,6 +72,7 @@ def test_imagenet_o_without_val_images_of_its_classes_is_skipped_before_any_pass
     suite = suite_of(["imagenet", "imagenet-o"], bench_root, paths={"imagenet": str(val)})
     assert [v.name for s in suite.sources for v in s.variants] == ["imagenet"]
     assert len(suite.sources) == 1  # O's folder is not read for nothing
+    assert suite_of(["imagenet-o"], bench_root, paths={"imagenet": str(val)}).sources == []  # nor val
     with pytest.raises(DataLayoutError, match="val has no images of its 10 classes"):
         suite_of(["imagenet-o"], bench_root, paths={"imagenet": str(val)}, strict=True)
 
@@ -93,3 +110,25 @@ def test_real_labels_of_classes_the_model_lacks_are_dropped(tmp_path: Path):
     path.write_text(json.dumps([[0, 2], [1]]))
     labels = load_real_labels(path, files, remap=torch.tensor([1, -1, 0]))
     assert labels[:, :2].tolist() == [[1, 0], [-1, -1]]  # image 2's only class is not the model's: unscored
+
+
+def test_real_labels_that_miss_the_models_classes_are_one_line(tmp_path: Path):
+    files = [tmp_path / f"ILSVRC2012_val_0000000{i}.JPEG" for i in (1, 2)]
+    path = tmp_path / "real.json"
+    path.write_text(json.dumps([[0], [1]]))
+    with pytest.raises(DataLayoutError, match="none of .*real.json's labels is among the model's classes"):
+        load_real_labels(path, files, remap=torch.tensor([-1, -1]))
+    with pytest.raises(DataLayoutError, match="names class 1 but the list its entries index .* has 1"):
+        load_real_labels(path, files, remap=torch.tensor([0]))
+
+
+def test_label_files_index_the_roots_class_list_else_imagenet_1k(tmp_path: Path):
+    """Shards written from the benchmark carry its classes.txt: its real.json and V2 numbers index that list."""
+    imagenet = DataConfig(name="imagenet")
+    assert label_file_classes(imagenet, tmp_path) == list(ImageNetInfo("imagenet-1k").label_names())
+    (tmp_path / "classes.txt").write_text("n02\nn01\n")
+    assert label_file_classes(imagenet, tmp_path) == ["n02", "n01"]
+    (tmp_path / "mine.txt").write_text("n01\n")
+    assert label_file_classes(
+        DataConfig(name="imagenet", label_classes=str(tmp_path / "mine.txt")), tmp_path
+    ) == ["n01"]

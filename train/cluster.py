@@ -36,9 +36,12 @@ def slurm_job_id() -> str | None:
 def run_stamp() -> str:
     """The last part of a default run directory: ``slurm-<job id>`` under SLURM (a requeued job
     finds its folder again, and all srun tasks agree), else the local time and the process id (two
-    runs started in the same second get folders of their own; DDP workers are given the parent's)."""
+    runs started in the same second get folders of their own; Lightning gives the DDP processes it
+    starts the parent's folder), or under a launcher such as torchrun (LOCAL_RANK set) its pid, which the
+    processes of a node share (across nodes, give hydra.run.dir)."""
     job = slurm_job_id()
-    return f"slurm-{job}" if job else f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{os.getpid()}"
+    launcher = os.getppid() if "LOCAL_RANK" in os.environ else os.getpid()
+    return f"slurm-{job}" if job else f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{launcher}"
 
 
 def register_resolvers() -> None:

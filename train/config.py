@@ -24,8 +24,8 @@ class DataConfig:
     classes: str | None = (
         None  # wnid list file; null: timm's 1000 for imagenet, classes.txt for the benchmark
     )
-    # wnid list that ReaL's real.json and ImageNetV2's folder numbers index; null: timm's 1000 for imagenet,
-    # classes.txt for the benchmark (shards written from the benchmark: their classes.txt)
+    # wnid list that ReaL's real.json and ImageNetV2's folder numbers index; null: <root>/classes.txt if there
+    # (the benchmark's; the shard writer copies it), else timm's 1000
     label_classes: str | None = None
     real_labels: str | None = None  # ReaL json; null: timm's bundled copy / <root>/real.json
     image_size: int = 224

@@ -27,7 +27,7 @@ from evaluation.plots import PlotWriter
 from evaluation.progress import VariantProgressBar
 from evaluation.registry import metric_spec
 from evaluation.results import write_scores
-from evaluation.suite import VAL, EvalSuite, build_data
+from evaluation.suite import SEVERITIES, VAL, EvalSuite, build_data
 from evaluation.variants import C_VARIANTS, MINIVAL
 from evaluation.wandb_logging import declare_metrics, log_final
 from train.augmentation import build_augment, write_preview
@@ -93,7 +93,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
     trainer_args = dict(conf.trainer)
     check_trainer_args(trainer_args)
     check_optim_and_mixup(conf.optim, conf.mixup, conf.data.batch_size, trainer_args)
-    c_references = corruption_references(conf.eval.c_normaliser)
+    c_references = corruption_references(conf.eval.c_normaliser, conf.eval.variants)
     head = create_head(**vars(conf.head))
     L.seed_everything(conf.seed, workers=True)
 
@@ -248,10 +248,13 @@ def generated_scorer(cfg: EvalConfig, suite: EvalSuite) -> GeneratedCorruptions 
     )
 
 
-def corruption_references(normaliser: str) -> dict[str, CorruptionReference | None]:
+def corruption_references(
+    normaliser: str, variants: Sequence[str] = C_VARIANTS
+) -> dict[str, CorruptionReference | None]:
     """``eval.c_normaliser`` for each ImageNet-C variant: AlexNet's constants, none (raw errors), or a
     reference run's own errors on the same variant (its generated C normalises generated C: the
-    corruption code differs from the released images')."""
+    corruption code differs from the released images'), for the corruptions it scored at all five
+    severities; a missing one is warned about for the C variants of ``variants`` only."""
     if normaliser in ("alexnet", "none"):
         return dict.fromkeys(C_VARIANTS, ALEXNET if normaliser == "alexnet" else None)
     if not normaliser.startswith("run:"):
@@ -270,7 +273,8 @@ def corruption_references(normaliser: str) -> dict[str, CorruptionReference | No
             parts = key.split("/")
             if len(parts) == 5 and parts[1] == variant and parts[4] == "err":
                 errors.setdefault(parts[2], []).append(value / 100)
-        if not errors:
+        errors = {c: e for c, e in errors.items() if len(e) == SEVERITIES}
+        if not errors and variant in variants:
             log.warning(
                 "eval.c_normaliser=%s scored no %s: %s reports errors only, no CE",
                 normaliser,

@@ -145,6 +145,8 @@ FREE_ON_RESUME = (
     "data.eval_batch_size",
     "data.root",
     "data.shards",
+    "data.label_classes",  # which list the same data's label files index
+    "data.real_labels",
     "model.compile",
 )
 

@@ -58,20 +58,24 @@ def read_wnids(path: str, key: str) -> list[str]:
 
 def label_file_classes(cfg: DataConfig, root: Path) -> list[str]:
     """The class list (wnids) that label files index -- ReaL's ``real.json`` entries, ImageNetV2's folder
-    numbers: ``data.label_classes``, else the benchmark's ``classes.txt``, else ImageNet-1k's sorted wnids
-    (whatever ``data.classes`` says: a model of another class order or a class subset still reads the
-    releases' labels right)."""
+    numbers: ``data.label_classes``, else the root's ``classes.txt`` (the benchmark's, or the one the shard
+    writer copies with the label files), else ImageNet-1k's sorted wnids -- whatever ``data.classes`` says,
+    so a model of another class order or a class subset still reads the releases' labels right."""
     if cfg.label_classes:
         return read_wnids(cfg.label_classes, "data.label_classes")
-    if cfg.name == "benchmark":
-        return (root / "classes.txt").read_text().split()
+    if (root / "classes.txt").is_file():
+        return read_wnids(str(root / "classes.txt"), "the root's classes.txt")
     return list(ImageNetInfo("imagenet-1k").label_names())
 
 
 def load_classes(cfg: DataConfig, root: Path) -> list[str]:
     """The model's class list (wnids): class index i is ``classes[i]``. ``data.classes`` if given, else
     :func:`label_file_classes`."""
-    return read_wnids(cfg.classes, "data.classes") if cfg.classes else label_file_classes(cfg, root)
+    if cfg.classes:
+        return read_wnids(cfg.classes, "data.classes")
+    if cfg.name == "benchmark":
+        return (root / "classes.txt").read_text().split()
+    return list(ImageNetInfo("imagenet-1k").label_names())
 
 
 def find_split(root: Path, split: str) -> Path:
@@ -238,7 +242,9 @@ class ImageNetDataModule(L.LightningDataModule):
             self.dropped_samples,
         )
         if trainer is not None and trainer.logger is not None:
-            trainer.logger.log_metrics({"data/dropped_samples": float(self.dropped_samples)}, step=0)
+            trainer.logger.log_metrics(
+                {"data/dropped_samples": float(self.dropped_samples)}, step=trainer.global_step
+            )  # a resumed run's step: W&B drops a step that goes backwards
         return loader
 
     def dali_loader(self, rank: int, world: int) -> DaliTrainLoader | None:

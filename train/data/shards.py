@@ -88,6 +88,10 @@ class ShardSets:
                 f"written with, or rewrite them with `python -m train.shards ... --classes <file>`"
             )
 
+    def class_folders(self, name: str) -> list[str]:
+        """The class folder names of set ``name``'s source folder, naturally sorted."""
+        return sorted({m[2].split("/", 1)[0] for m in self.manifest(name)["members"]}, key=natural_key)
+
     def scan(
         self,
         folder: Path,
@@ -99,8 +103,7 @@ class ShardSets:
         folder = Path(folder)
         manifest = self.manifest(folder.name)
         members = manifest["members"]  # [shard index, key, relative path, class index, offset, size]
-        names = sorted({m[2].split("/", 1)[0] for m in members}, key=natural_key)
-        labels = folder_labels(folder, names, classes, layout, numbered)
+        labels = folder_labels(folder, self.class_folders(folder.name), classes, layout, numbered)
         tars = [str(self.root / s["file"]) for s in manifest["shards"]]
         return [
             Sample(folder / rel, labels[rel.split("/", 1)[0]], TarMember(tars[shard], key, offset, size))
