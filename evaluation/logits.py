@@ -28,6 +28,14 @@ from evaluation.suite import C_NAMES, VAL, EvalSource, EvalSuite
 from evaluation.variants import Variant
 
 
+def source_images(source: EvalSource) -> torch.Tensor:
+    """[N] int64: which clean image each ImageNet-C file was made from (its ``<wnid>/<file>``, the same under
+    every corruption and severity), numbered in order of appearance."""
+    ids: dict[str, int] = {}
+    names = [f"{s.path.parent.name}/{s.path.name}" for s in source.dataset.samples]
+    return torch.tensor([ids.setdefault(name, len(ids)) for name in names], dtype=torch.long)
+
+
 def variant_arrays(
     variant: Variant, source: EvalSource, outputs: Mapping[str, SourceOutput], suite: EvalSuite
 ) -> dict[str, np.ndarray]:
@@ -40,6 +48,7 @@ def variant_arrays(
     elif variant.kind == "corruption":
         extra["corruption"] = source.extras["corruption"][index]
         extra["severity"] = source.extras["severity"][index]
+        extra["source_image"] = source_images(source)[index]
     elif variant.kind in ("subset", "ood"):
         indices = suite.subsets[variant.name]
         extra["class_indices"] = indices

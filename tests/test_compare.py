@@ -19,10 +19,11 @@ import pandas as pd
 import pytest
 from conftest import TINY, cli_env, run_train
 from omegaconf import OmegaConf
+from scipy import stats
 from test_train import leet_summary
 
 from evaluation.compare.__main__ import main as compare_main
-from evaluation.compare.bootstrap import bootstrap_difference, paired_correct, resample_indices
+from evaluation.compare.bootstrap import bootstrap_difference, paired_correct, resample_indices, summarise
 from evaluation.compare.report import write_report
 from evaluation.compare.sources import Run, SourceError, load_runs, offline_folders
 from evaluation.compare.table import ID_COLUMNS, add_diffs, baseline_rows, metric_columns, runs_frame
@@ -184,6 +185,18 @@ def test_bootstrap_intervals_equal_numpy_on_saved_logits(sweep: Path, tmp_path: 
     assert bootstrap_difference(*same) == (0.0, 0.0, 0.0)  # identical runs: exactly [0, 0]
     report = (out / "comparison.md").read_text()
     assert "head: sigmoid - softmax (augment=none)" in report and "(2 seeds)" in report
+    for _, row in summarise(differences).iterrows():  # several seeds: Student's t over the seeds' differences
+        diffs = differences[
+            (differences.comparison == row.comparison) & (differences["with"] == row["with"])
+            & (differences.variant == row.variant)
+        ]["diff"]  # fmt: skip
+        sem = stats.sem(diffs)  # 0 when the seeds agree: scipy then gives nan, the interval is the point
+        low, high = (
+            stats.t.interval(0.95, len(diffs) - 1, loc=diffs.mean(), scale=sem)
+            if sem
+            else (diffs.mean(),) * 2
+        )
+        assert row.n_seeds == len(SEEDS) and (row.ci_low, row.ci_high) == pytest.approx((low, high))
 
 
 def test_bad_input_stops_with_one_line(sweep: Path, tmp_path: Path, cache_dir: Path):
@@ -363,6 +376,52 @@ def test_one_experiment_name_over_two_heads_is_split(
         "softmax_baseline[head=sigmoid]",
     ]
     (warning,) = compare_warnings(caplog)
-    assert warning.startswith("experiment softmax_baseline holds runs of different head")
+    assert warning.startswith("experiment softmax_baseline holds runs that trained differently (head")
     report = write_report(runs, tmp_path / "out", resamples=10)
     assert "softmax_baseline[head=sigmoid]" in report.read_text()
+
+
+def test_imagenet_c_copies_of_one_image_are_resampled_together(tmp_path: Path):
+    """75 corrupted copies of a clean image are not 75 independent draws: the bootstrap resamples clean images
+    (the saved source_image ids), each with all its copies."""
+    rng = np.random.default_rng(1)
+    n_clean, copies = 12, 75
+    unit = np.repeat(np.arange(n_clean), copies)
+    ref = rng.uniform(size=unit.size) < 0.5
+    other = ref | np.repeat(rng.uniform(size=n_clean) < 0.3, copies)  # gains come by clean image
+    for name, correct in (("ref", ref), ("other", other)):
+        logits = np.where(correct[:, None], np.eye(2)[[0]], np.eye(2)[[1]]).astype(np.float32)
+        extra = {"corruption": unit % 15, "severity": unit % 5 + 1, "source_image": unit}
+        np.savez(tmp_path / f"{name}.npz", logits=logits, target=np.zeros(unit.size, np.int64),
+                 index=np.arange(unit.size), **extra)  # fmt: skip
+    pair = paired_correct(tmp_path / "ref.npz", tmp_path / "other.npz")
+    diff, low, high = bootstrap_difference(*pair, resamples=500, seed=3)
+    idx = resample_indices(n_clean, 500, 3)  # by hand: draw clean images, pool all their copies
+    draws = []
+    for row in idx:
+        rows = np.concatenate([np.flatnonzero(unit == u) for u in row])
+        draws.append(100 * (other[rows].mean() - ref[rows].mean()))
+    assert diff == pytest.approx(100 * (other.mean() - ref.mean()))
+    assert (low, high) == pytest.approx(tuple(np.percentile(draws, [2.5, 97.5])))
+    naive = bootstrap_difference(ref, other, resamples=500, seed=3)  # every file its own draw
+    assert high - low > 2 * (naive[2] - naive[1])
+
+
+def test_runs_of_one_experiment_trained_at_other_settings_are_not_averaged_as_seeds(
+    sweep: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """A softmax_baseline run at another image size is not a third seed of softmax_baseline."""
+    same = [copy_run(sweep / f"softmax_baseline_seed{s}", tmp_path / f"s{s}") for s in SEEDS]
+    other = copy_run(sweep / "softmax_baseline_seed0", tmp_path / "big", seed=5)
+    config = OmegaConf.load(other / "config.yaml")
+    config.data.image_size = 48
+    OmegaConf.save(config, other / "config.yaml")
+    runs = load_runs([str(p) for p in same])
+    assert {r.experiment for r in runs} == {"softmax_baseline"}  # seeds alone do not split
+    assert not compare_warnings(caplog)
+    runs = load_runs([*map(str, same), str(other)])
+    assert [r.experiment for r in runs] == [
+        "softmax_baseline[data.image_size=32]", "softmax_baseline[data.image_size=32]", "softmax_baseline[data.image_size=48]"
+    ]  # fmt: skip
+    (warning,) = compare_warnings(caplog)
+    assert "trained differently (data.image_size)" in warning

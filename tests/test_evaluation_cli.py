@@ -226,6 +226,9 @@ def test_saved_logits_rescore_to_the_same_metrics(evaluated: Path, bench_root: P
             mask = (c["corruption"] == i) & (c["severity"] == s)
             key = f"val/imagenet-c/{C_NAMES[i]}/s{s}/err"
             assert 100 * wrong[mask].mean() == pytest.approx(m[key]), key
+            # every (corruption, severity) holds each clean image once: the bootstrap's resampling unit
+            assert sorted(c["source_image"][mask]) == list(range(mask.sum())), key
+    assert (np.bincount(c["source_image"]) == len(C_SUBSET) * 5).all()
 
 
 def test_run_config_is_inherited_and_overrides_win(run_dir: Path, bench_root: Path):

@@ -4,8 +4,11 @@ Two runs that differ in one factor (the head, or the augmentation) and agree on 
 seed, and the other factor) are paired image by image through the saved logits
 (``logits/<variant>.npz``, matched on ``index`` with equal targets). The same resample of images
 (with replacement, ``resamples`` times, fixed seed) is applied to both runs' per-image correctness;
-the interval is the percentile interval of the resampled differences. With several seeds, the
-differences are also summarised as mean ± std (ddof=1) over seeds.
+the interval is the percentile interval of the resampled differences. ImageNet-C's files are 75
+corrupted copies of each clean image: they are resampled by clean image (``source_image``), all
+copies together, since copies of one image are not independent draws. The interval covers the
+sampling of test images, not the training seed: with several seeds, the differences are summarised
+over seeds (:func:`summarise`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from evaluation.compare.sources import Run
 from evaluation.compare.table import DDOF, CompareError
@@ -24,14 +28,16 @@ RESAMPLES = 1000
 LEVEL = 0.95
 
 
-def image_correct(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """``(index [N], target [N], correct [N] bool)`` of the top-1 prediction in a logits file, as the
-    variant scores it (subset variants over their classes, ReaL against its label sets, images
-    without a label left out); ``None`` for variants without an accuracy (ImageNet-O)."""
+def image_correct(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(index [N], target [N], correct [N] bool, unit [N])`` of the top-1 prediction in a logits file, as
+    the variant scores it (subset variants over their classes, ReaL against its label sets, images
+    without a label left out); ``unit`` is what the bootstrap resamples: the clean source image of an
+    ImageNet-C file, else the image itself. ``None`` for variants without an accuracy (ImageNet-O)."""
     with np.load(path) as data:
         if "in_distribution" in data:
             return None
         logits, target, index = data["logits"], data["target"], data["index"]
+        unit = data.get("source_image", index)
         if "class_indices" in data:
             logits = logits[:, data["class_indices"]]
         pred = logits.argmax(1)
@@ -42,11 +48,12 @@ def image_correct(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] | Non
         else:
             keep = target >= 0
             correct = pred == target
-    return index[keep], target[keep], correct[keep]
+    return index[keep], target[keep], correct[keep], unit[keep]
 
 
-def paired_correct(a: Path, b: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """Per-image correctness of two runs on the images both scored (matched on ``index``)."""
+def paired_correct(a: Path, b: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Per-image correctness of two runs on the images both scored (matched on ``index``), and the
+    bootstrap unit of each image."""
     first, second = image_correct(a), image_correct(b)
     if first is None or second is None:
         return None
@@ -57,7 +64,7 @@ def paired_correct(a: Path, b: Path) -> tuple[np.ndarray, np.ndarray] | None:
         raise CompareError(
             f"{a} and {b} give the same images different labels; compare runs on the same data"
         )
-    return first[2][ia], second[2][ib]
+    return first[2][ia], second[2][ib], first[3][ia]
 
 
 def resample_indices(n: int, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
@@ -66,12 +73,21 @@ def resample_indices(n: int, resamples: int = RESAMPLES, seed: int = 0) -> np.nd
 
 
 def bootstrap_difference(
-    reference: np.ndarray, other: np.ndarray, resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL
+    reference: np.ndarray,
+    other: np.ndarray,
+    unit: np.ndarray | None = None,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    level: float = LEVEL,
 ) -> tuple[float, float, float]:
     """Top-1 of ``other`` minus top-1 of ``reference`` (percentage points) on the same images
-    (``[N]`` bool each), and its paired bootstrap percentile interval ``(diff, low, high)``."""
-    idx = resample_indices(len(reference), resamples, seed)
-    diffs = 100.0 * (other[idx].mean(1) - reference[idx].mean(1))
+    (``[N]`` bool each), and its paired bootstrap percentile interval ``(diff, low, high)``, resampling
+    the ``unit``s (``[N]`` ids; default: each image its own) with all their images."""
+    units, unit_of = np.unique(np.arange(len(reference)) if unit is None else unit, return_inverse=True)
+    gain = np.bincount(unit_of, other.astype(float) - reference.astype(float), minlength=len(units))
+    count = np.bincount(unit_of, minlength=len(units))
+    idx = resample_indices(len(units), resamples, seed)
+    diffs = 100.0 * gain[idx].sum(1) / count[idx].sum(1)
     tail = 100.0 * (1 - level) / 2
     low, high = np.percentile(diffs, [tail, 100.0 - tail])
     return 100.0 * (other.mean() - reference.mean()), float(low), float(high)
@@ -87,7 +103,7 @@ def partner(run: Run, runs: Sequence[Run], factor: str, value: str) -> Run | Non
 
 
 DIFFERENCE_COLUMNS = (
-    "comparison", "with", "seed", "variant", "diff", "ci_low", "ci_high", "n_images", "run", "reference_run"
+    "comparison", "with", "seed", "variant", "diff", "ci_low", "ci_high", "n_images", "n_units", "run", "reference_run"
 )  # fmt: skip
 
 
@@ -113,6 +129,7 @@ def paired_differences(
                 if pair is None:
                     continue
                 diff, low, high = bootstrap_difference(*pair, resamples=resamples, seed=seed)
+                units = len(np.unique(pair[2]))
                 rows.append(
                     {
                         "comparison": f"{factor}: {getattr(run, factor)} - {reference_value}",
@@ -123,6 +140,7 @@ def paired_differences(
                         "ci_low": low,
                         "ci_high": high,
                         "n_images": len(pair[0]),
+                        "n_units": units,
                         "run": run.name,
                         "reference_run": ref.name,
                     }
@@ -130,14 +148,20 @@ def paired_differences(
     return pd.DataFrame(rows, columns=DIFFERENCE_COLUMNS)  # the header also when no pair has logits
 
 
-def summarise(differences: pd.DataFrame) -> pd.DataFrame:
-    """Per (comparison, with, variant): mean and std (ddof=1) of the difference over seeds, the
-    number of seeds, and the bootstrap interval when there is one seed."""
+def summarise(differences: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
+    """Per (comparison, with, variant): mean and std (ddof=1) of the difference over seeds, the number of
+    seeds, and an interval: with one seed the bootstrap one (test images), with several Student's t over
+    the seeds, mean ± t(level, n - 1) * std / sqrt(n) (training seeds: what a new seed would give)."""
     grouped = differences.groupby(["comparison", "with", "variant"], sort=False)
     out = grouped["diff"].agg(["mean", "count"]).rename(columns={"count": "n_seeds"})
     out["std"] = grouped["diff"].std(ddof=DDOF)
     first = grouped[["ci_low", "ci_high"]].first()
     single = out["n_seeds"] == 1
-    out["ci_low"] = first["ci_low"].where(single)
-    out["ci_high"] = first["ci_high"].where(single)
+    half = (
+        stats.t.ppf(0.5 + level / 2, (out["n_seeds"] - 1).clip(lower=1))
+        * out["std"]
+        / np.sqrt(out["n_seeds"])
+    )
+    out["ci_low"] = first["ci_low"].where(single, out["mean"] - half)
+    out["ci_high"] = first["ci_high"].where(single, out["mean"] + half)
     return out.reset_index()

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,12 +52,12 @@ def warn_thin_comparison(frame: pd.DataFrame) -> None:
 
 
 def difference_cell(row: pd.Series) -> str:
-    """``+1.23 [-0.40, +2.90]`` (one seed, bold when the interval excludes 0) or ``+1.23 ± 0.50 (3 seeds)``."""
-    if row["n_seeds"] == 1:
-        text = f"{row['mean']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
-        return f"**{text}**" if row["ci_low"] > 0 or row["ci_high"] < 0 else text
-    std = f" ± {row['std']:.2f}" if math.isfinite(row["std"]) else ""
-    return f"{row['mean']:+.2f}{std} ({row['n_seeds']} seeds)"
+    """``+1.23 [-0.40, +2.90]`` (one seed: bootstrap interval) or ``+1.23 [+0.10, +2.36] (3 seeds)`` (t-interval
+    over seeds), bold when the interval excludes 0."""
+    text = f"{row['mean']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
+    if row["n_seeds"] > 1:
+        text += f" ({row['n_seeds']} seeds)"
+    return f"**{text}**" if row["ci_low"] > 0 or row["ci_high"] < 0 else text
 
 
 def write_report(
@@ -147,10 +146,13 @@ def write_report(
         lines += [
             "## Paired differences",
             "",
-            f"Top-1 differences in percentage points over the same images; one seed: "
-            f"{LEVEL:.0%} paired bootstrap percentile interval ({resamples} resamples, seed {seed}; bold "
-            f"when it excludes 0); several seeds: mean ± std over seeds (ddof={DDOF}), intervals per seed "
-            "in `differences.csv`.",
+            f"Top-1 differences in percentage points over the same images, {LEVEL:.0%} intervals, bold when "
+            f"they exclude 0. One seed: paired bootstrap percentile interval over test images ({resamples} "
+            f"resamples, seed {seed}; ImageNet-C resampled by clean image, all its corrupted copies together). "
+            "It does not cover training-seed variation, which is often as large: read one seed's bold cells "
+            f"as hints. Several seeds: Student's t-interval over the seeds' differences (ddof={DDOF}; with "
+            "2 seeds it is wide and fragile, 3 or more are better); per-seed bootstrap intervals in "
+            "`differences.csv`. No correction for the number of cells: among many, some exclude 0 by chance.",
             "",
             markdown_frame(pivot.fillna("")),
             "",

@@ -19,17 +19,23 @@ import math
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from omegaconf import OmegaConf
 
+from train.run_dir import FREE_ON_RESUME, flatten
+
 WANDB_URL = "wandb://"
 EVAL_JOB = "eval"  # the W&B job type of `python -m evaluation` runs, which are not compared
 
 log = logging.getLogger(__name__)
+SETTING_GROUPS = ("model", "data", "optim", "mixup", "augment", "head")
+TRAINER_SETTINGS = (
+    "trainer.max_epochs", "trainer.max_steps", "trainer.limit_train_batches", "trainer.accumulate_grad_batches",
+)  # fmt: skip
 
 
 class SourceError(ValueError):
@@ -51,6 +57,8 @@ class Run:
         group: its W&B group, when known.
         run_dir: where its ``logits/<variant>.npz`` files are, when it has them.
         run_id: its W&B run id, when it was read from W&B.
+        settings: the rest of what decided what it trained (:func:`training_settings`); runs compared as
+            seeds of one experiment must agree on it.
     """
 
     name: str
@@ -63,6 +71,7 @@ class Run:
     group: str | None = None
     run_dir: Path | None = None
     run_id: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def logits_file(self, variant: str) -> Path | None:
         """``<run dir>/logits/<variant>.npz`` if this run saved it."""
@@ -169,6 +178,7 @@ def run_from_wandb(record: dict[str, Any], run_id: str) -> Run:
         metrics=final_scores(record["summary"]),
         group=record.get("group"),
         run_id=run_id,
+        settings=training_settings(config),
     )
 
 
@@ -205,6 +215,7 @@ def run_from_dir(run_dir: Path) -> Run:
         metrics=metrics,
         group=group,
         run_dir=run_dir,
+        settings=training_settings(flatten(OmegaConf.to_container(cfg, resolve=True))),
     )
 
 
@@ -250,23 +261,39 @@ def unique_names(runs: list[Run]) -> None:
             run.name = f"{run.run_dir.parent.name}/{run.name}" if run.run_dir else f"{run.name}-{run.run_id}"
 
 
+def training_settings(flat_config: dict[str, Any]) -> dict[str, Any]:
+    """The keys of a flat run config that decide what was trained (model, data, optim, mixup, augment,
+    head and the trainer's length), but the seeds (the training seed is also copied into
+    the augmentation's) and what may differ between two runs of the same training (FREE_ON_RESUME)."""
+    return {
+        key: value
+        for key, value in flat_config.items()
+        if (("." in key and key.split(".")[0] in SETTING_GROUPS) or key in TRAINER_SETTINGS)
+        and key not in FREE_ON_RESUME
+        and not (key.startswith("augment.") and key.endswith("seed"))
+    }
+
+
 def split_mixed_experiments(runs: list[Run]) -> None:
     """An experiment name shared by runs that trained differently (``head=softmax,sigmoid`` swept under one
-    experiment) would average them as seeds of one experiment: each setting becomes its own experiment,
-    ``<name>[head=sigmoid]``, with a warning."""
+    experiment, another image size, ...) would average them as seeds of one experiment: each setting
+    becomes its own experiment, ``<name>[head=sigmoid]`` (or ``[data.image_size=48]``), with a warning."""
     for name in dict.fromkeys(r.experiment for r in runs):
         members = [r for r in runs if r.experiment == name]
-        differing = [
-            key for key in ("head", "augment", "model") if len({getattr(r, key) for r in members}) > 1
-        ]
-        if not differing:
+        factors = [k for k in ("head", "augment", "model") if len({getattr(r, k) for r in members}) > 1]
+        keys = sorted(set.intersection(*(set(r.settings) for r in members)))  # what every source recorded
+        settings = [k for k in keys if len({repr(r.settings.get(k)) for r in members}) > 1]
+        if not (factors or settings):
             continue
         for run in members:
-            run.experiment = f"{name}[{','.join(f'{k}={getattr(run, k)}' for k in differing)}]"
+            label = [f"{k}={getattr(run, k)}" for k in factors] or [
+                f"{k}={run.settings.get(k)}" for k in settings[:2]
+            ]
+            run.experiment = f"{name}[{','.join(label)}]"
         log.warning(
-            "experiment %s holds runs of different %s: compared as %s",
+            "experiment %s holds runs that trained differently (%s): compared as %s",
             name,
-            " and ".join(differing),
+            ", ".join([*factors, *settings][:6]),
             ", ".join(sorted({r.experiment for r in members})),
         )
 
