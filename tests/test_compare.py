@@ -24,7 +24,7 @@ from test_train import leet_summary
 
 from evaluation.compare.__main__ import main as compare_main
 from evaluation.compare.bootstrap import bootstrap_difference, paired_correct, resample_indices, summarise
-from evaluation.compare.report import write_report
+from evaluation.compare.report import difference_cell, write_report
 from evaluation.compare.sources import Run, SourceError, load_runs, offline_folders
 from evaluation.compare.table import ID_COLUMNS, add_diffs, baseline_rows, metric_columns, runs_frame
 from evaluation.config import EvaluateConfig
@@ -425,3 +425,16 @@ def test_runs_of_one_experiment_trained_at_other_settings_are_not_averaged_as_se
     ]  # fmt: skip
     (warning,) = compare_warnings(caplog)
     assert "trained differently (data.image_size)" in warning
+
+
+def test_difference_cells_bold_only_intervals_that_exclude_zero():
+    def cell(mean, low, high, n, std=1.0):
+        return difference_cell(
+            pd.Series({"mean": mean, "ci_low": low, "ci_high": high, "n_seeds": n, "std": std})
+        )
+
+    assert cell(-2.0, -3.0, -1.0, 1) == "**-2.00 [-3.00, -1.00]**"
+    assert cell(-2.0, -3.0, +1.0, 3) == "-2.00 [-3.00, +1.00] (3 seeds)"
+    assert (
+        cell(-3.5, -3.5, -3.5, 2, std=0.0) == "-3.50 (2 seeds, all equal)"
+    )  # a zero-width interval proves nothing

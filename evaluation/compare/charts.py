@@ -18,6 +18,7 @@ import torch
 from evaluation.compare.sources import Run
 from evaluation.plots import reliability_figure
 from evaluation.suite import C_NAMES
+from evaluation.variants import VARIANTS
 from train.heads import create_head
 
 IN_DISTRIBUTION = ("minival", "imagenet", "imagenet-real")  # the x axis of effective robustness
@@ -36,14 +37,16 @@ def save(fig: plt.Figure, path: Path) -> Path:
 
 def grouped_bars(frame: pd.DataFrame, keys: Sequence[str], ylabel: str, title: str, path: Path) -> Path:
     """One group of bars per key (x axis), one bar per row of ``frame`` (its index is the legend),
-    with ``<key> std`` as error bars where the frame has it."""
+    with ``<key> std`` as error bars where the frame has it (the title then says what they are)."""
     labels = [k.split("/")[-2] if k.count("/") >= 2 else k for k in keys]
     width = 0.8 / max(1, len(frame))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(keys) * max(1, len(frame)) ** 0.5 + 2), 4))
     x = np.arange(len(keys))
+    with_errors = False
     for i, (name, row) in enumerate(frame.iterrows()):
         errors = [row.get(f"{k} std", np.nan) for k in keys]
         errors = None if np.all(np.isnan(errors)) else np.nan_to_num(errors)
+        with_errors |= errors is not None
         ax.bar(
             x + (i - (len(frame) - 1) / 2) * width,
             [row[k] for k in keys],
@@ -52,8 +55,11 @@ def grouped_bars(frame: pd.DataFrame, keys: Sequence[str], ylabel: str, title: s
             label=str(name),
         )
     ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=8)
-    ax.set(ylabel=ylabel, title=title)
-    ax.legend(fontsize=7)
+    ax.set(
+        ylabel=ylabel,
+        title=f"{title}\nbars: mean over seeds, error bars: ± sample std" if with_errors else title,
+    )
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.grid(axis="y", alpha=0.3)
     return save(fig, path)
 
@@ -64,7 +70,9 @@ def corruption_keys(metrics: dict[str, float]) -> list[str]:
 
 
 def robustness_points(runs: Sequence[Run]) -> pd.DataFrame:
-    """Rows (experiment, run, variant, val top-1, variant top-1) for every shifted variant's top-1."""
+    """Rows (experiment, run, variant, clean top-1, variant top-1) for every shifted variant's top-1; the
+    clean top-1 is val's, or for the class subsets (A, R) that of val images of their classes, scored over
+    the same classes (``clean_top1``): their chance level differs from val's."""
     rows = []
     for run in runs:
         if VAL_TOP1 not in run.metrics:
@@ -77,7 +85,7 @@ def robustness_points(runs: Sequence[Run]) -> pd.DataFrame:
                         "experiment": run.experiment,
                         "run": run.name,
                         "variant": parts[1],
-                        "val_top1": run.metrics[VAL_TOP1],
+                        "val_top1": run.metrics.get(f"val/{parts[1]}/clean_top1", run.metrics[VAL_TOP1]),
                         "top1": value,
                     }
                 )
@@ -89,16 +97,27 @@ def effective_robustness(points: pd.DataFrame, path: Path) -> Path:
     variant, marker: experiment) and the line y = x of no drop."""
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     markers = dict(zip(points["experiment"].unique(), "osD^vP*X", strict=False))
-    colours = dict(zip(points["variant"].unique(), plt.cm.tab10.colors, strict=False))
+    palette = plt.cm.tab20.colors  # one colour per variant, the same in every chart
+    colours = {
+        v: palette[list(VARIANTS).index(v) % len(palette)]
+        for v in sorted(points["variant"].unique(), key=list(VARIANTS).index)
+    }
     for (experiment, variant), part in points.groupby(["experiment", "variant"], sort=False):
-        ax.scatter(part["val_top1"], part["top1"], marker=markers[experiment], color=colours[variant], s=40)
+        ax.scatter(
+            part["val_top1"], part["top1"], marker=markers[experiment], color=colours[variant], s=40, alpha=0.75,
+            edgecolors="black", linewidths=0.4,
+        )  # fmt: skip
     low = max(0.0, min(points["top1"].min(), points["val_top1"].min()) - 5)
     high = max(points["top1"].max(), points["val_top1"].max()) + 5
     ax.plot([low, high], [low, high], "--", color="grey", lw=1)
     handles = [plt.Line2D([], [], ls="", marker="o", color=c, label=v) for v, c in colours.items()]
     handles += [plt.Line2D([], [], ls="", marker=m, color="black", label=e) for e, m in markers.items()]
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    ax.set(xlabel="val (imagenet) top-1 %", ylabel="shifted variant top-1 %", title="effective robustness")
+    ax.set(
+        xlabel="clean top-1 % (val; for A and R: val images of their classes)",
+        ylabel="shifted variant top-1 %",
+        title="effective robustness (dashed: no drop)",
+    )
     ax.grid(alpha=0.3)
     return save(fig, path)
 

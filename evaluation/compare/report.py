@@ -53,10 +53,12 @@ def warn_thin_comparison(frame: pd.DataFrame) -> None:
 
 def difference_cell(row: pd.Series) -> str:
     """``+1.23 [-0.40, +2.90]`` (one seed: bootstrap interval) or ``+1.23 [+0.10, +2.36] (3 seeds)`` (t-interval
-    over seeds), bold when the interval excludes 0."""
+    over seeds), bold when the interval excludes 0; seeds that all give the same difference say so, unbolded."""
+    if row["n_seeds"] > 1 and row["std"] < 1e-9:  # a zero-width t-interval says nothing: the seeds tied
+        return f"{row['mean']:+.2f} ({int(row['n_seeds'])} seeds, all equal)"
     text = f"{row['mean']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
     if row["n_seeds"] > 1:
-        text += f" ({row['n_seeds']} seeds)"
+        text += f" ({int(row['n_seeds'])} seeds)"
     return f"**{text}**" if row["ci_low"] > 0 or row["ci_high"] < 0 else text
 
 
@@ -113,7 +115,11 @@ def write_report(
             else runs_frame(runs, c_keys)
         )
         figures["ImageNet-C corruption error per corruption"] = charts.grouped_bars(
-            c_frame, c_keys, "CE %", "ImageNet-C: CE per corruption", img / "compare_imagenet-c_ce.png"
+            c_frame,
+            c_keys,
+            "CE % (100 = the normalising model, eval.c_normaliser)",
+            "ImageNet-C: CE per corruption",
+            img / "compare_imagenet-c_ce.png",
         )
     points = charts.robustness_points(runs)
     if not points.empty:
