@@ -236,9 +236,11 @@ class ImageNetDataModule(L.LightningDataModule):
                 loader = self.loader(self.train_set, batch, sampler, drop_last=True)
             else:
                 loader = self.loader(self.train_set, batch, None, drop_last=True, shuffle=True)
+        limit = trainer.limit_train_batches if trainer is not None else 1.0
         log.info(
-            "training: %d steps per epoch per rank, %d samples dropped per epoch",
+            "training: %d steps per epoch per rank%s, %d samples dropped per epoch",
             len(loader),
+            "" if limit == 1.0 else f" (trainer.limit_train_batches={limit} runs fewer)",
             self.dropped_samples,
         )
         if trainer is not None and trainer.logger is not None:
