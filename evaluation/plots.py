@@ -13,6 +13,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
@@ -21,6 +22,7 @@ from evaluation.callback import VariantEvaluator
 from evaluation.suite import VAL
 
 N_BINS = 15
+CONFIDENCE_BINS = np.logspace(-3, 0, 31)  # OOD histograms: log-spaced, a sigmoid head's maxima are small
 
 
 def reliability(ax: plt.Axes, confidence: Tensor, correct: Tensor, title: str) -> None:
@@ -40,6 +42,9 @@ def reliability(ax: plt.Axes, confidence: Tensor, correct: Tensor, title: str) -
         alpha=0.8,
         label="accuracy",
     )
+    for centre, value, n in zip(centres.tolist(), accuracy.tolist(), count.tolist(), strict=True):
+        if n:  # how many images each bar rests on: a bar of 3 images says little
+            ax.text(centre, min(value, 0.93) + 0.02, str(int(n)), ha="center", fontsize=6)
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
     ax.set_title(f"{title} (n={len(correct)})", fontsize=9)
@@ -62,12 +67,24 @@ def reliability_figure(panels: dict[str, tuple[Tensor, Tensor]], suptitle: str) 
 def ood_histogram(in_conf: Tensor, out_conf: Tensor, title: str) -> plt.Figure:
     """Overlaid histograms of the head's max probability on in-distribution and OOD images."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    bins = torch.linspace(0, 1, 31).tolist()
+    bins = CONFIDENCE_BINS
+    low = bins[0]
     ax.hist(
-        in_conf.tolist(), bins=bins, alpha=0.6, density=True, label=f"in-distribution val (n={len(in_conf)})"
+        in_conf.clamp(low, 1).tolist(),
+        bins=bins,
+        alpha=0.6,
+        density=True,
+        label=f"in-distribution val (n={len(in_conf)})",
     )
-    ax.hist(out_conf.tolist(), bins=bins, alpha=0.6, density=True, label=f"ImageNet-O (n={len(out_conf)})")
-    ax.set(xlabel="max probability of the head", ylabel="density", title=title)
+    ax.hist(
+        out_conf.clamp(low, 1).tolist(),
+        bins=bins,
+        alpha=0.6,
+        density=True,
+        label=f"ImageNet-O (n={len(out_conf)})",
+    )
+    ax.set_xscale("log")
+    ax.set(xlabel="max probability of the head (log scale)", ylabel="density", title=title)
     ax.legend()
     fig.tight_layout()
     return fig

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from evaluation.compare.sources import Run
-from evaluation.plots import reliability_figure
+from evaluation.plots import CONFIDENCE_BINS, reliability_figure
 from evaluation.suite import C_NAMES
 from evaluation.variants import VARIANTS
 from train.heads import create_head
@@ -144,7 +144,7 @@ def ood_confidence(runs: Sequence[Run], path: Path) -> Path | None:
         return None
     augments = list(dict.fromkeys(r.augment for r in runs))
     fig, axes = plt.subplots(1, len(augments), figsize=(4.5 * len(augments), 3.6), squeeze=False)
-    bins = np.linspace(0, 1, 26)
+    bins = CONFIDENCE_BINS
     for ax, augment in zip(axes.flat, augments, strict=True):
         for colour, head in zip(
             ("tab:blue", "tab:orange", "tab:green"), sorted({r.head for r in runs}), strict=False
@@ -156,7 +156,7 @@ def ood_confidence(runs: Sequence[Run], path: Path) -> Path | None:
                 values = np.concatenate([p[side] for p in parts])
                 label = f"{head}: {'ImageNet-O' if side == 'out' else 'val'} (n={len(values)})"
                 ax.hist(
-                    values,
+                    values.clip(bins[0], 1),
                     bins=bins,
                     density=True,
                     histtype="step",
@@ -165,7 +165,12 @@ def ood_confidence(runs: Sequence[Run], path: Path) -> Path | None:
                     color=colour,
                     label=label,
                 )
-        ax.set(xlabel="max probability of the head", ylabel="density", title=f"ImageNet-O, augment={augment}")
+        ax.set_xscale("log")  # a sigmoid head's maxima sit far below a softmax head's
+        ax.set(
+            xlabel="max probability of the head (log scale)",
+            ylabel="density",
+            title=f"ImageNet-O, augment={augment} (seeds pooled)",
+        )
         ax.legend(fontsize=7)
     return save(fig, path)
 
@@ -186,5 +191,5 @@ def reliability_by_experiment(runs: Sequence[Run], path: Path, variant: str = "i
         panels[experiment] = (torch.cat(confidence), torch.cat(correct))
     if not panels:
         return None
-    fig = reliability_figure(panels, f"reliability on {variant}")
+    fig = reliability_figure(panels, f"reliability on {variant} (seeds pooled; numbers: images per bin)")
     return save(fig, path)

@@ -134,7 +134,8 @@ def write_report(
         "# Comparison",
         "",
         f"{len(runs)} runs, one row per {unit}. Scores of the final weights on every variant; cells are "
-        f"`value (difference to {reference})`, the best of each column in bold (direction from "
+        f"`value (difference to {reference})`, the best of each column in bold (a ranking, not a test: see "
+        "the paired differences; direction from "
         "`evaluation/registry.py`).",
         "",
         markdown_table(frame, columns, per_experiment),
