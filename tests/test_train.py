@@ -140,6 +140,8 @@ def test_deepaugment_experiment_trains_and_previews(tmp_path: Path, bench_root: 
     )
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["augment"]["_target_"] == "augment.DeepAugment" and config["head"]["name"] == "sigmoid"
+    log = (run_dir / "__main__.log").read_text()  # 32 px: the CAE's blocky regime is named, with the fix
+    assert "the CAE runs at 32 px, where its output is visibly blocky" in log and "augment.cae_size=64" in log
     assert json.loads((run_dir / "metrics.json").read_text())["experiment"] == "sigmoid_deepaug"
     with Image.open(run_dir / "plots" / "augment_preview.png") as preview:  # clean | EDSR | CAE | Noise2Net
         assert preview.width == 4 * 128 and preview.height > 8 * 128

@@ -25,6 +25,7 @@ from augment.preview import preview_grid, save_grid
 from train.config import AugmentPretrainConfig
 
 log = logging.getLogger(__name__)
+BLOCKY_CAE_SIZE = 64  # below it the CAE shows its 8 px latent cells (seen at 32 px on the benchmark)
 DEEPAUGMENT = "augment.DeepAugment"
 
 
@@ -108,6 +109,15 @@ def build_augment(
     check_augment_args(cfg)
     check_augment_values(cfg)
     for node in deepaugment_nodes(cfg):
+        cae_size = node.get("cae_size") or image_size
+        if node.get("p_cae", 1) and cae_size < BLOCKY_CAE_SIZE:
+            log.warning(
+                "augment: the CAE runs at %d px, where its output is visibly blocky (its code has a quarter of "
+                "the image's side); augment.cae_size=%d runs it at that size (cost x%.0f)",
+                cae_size,
+                BLOCKY_CAE_SIZE,
+                (BLOCKY_CAE_SIZE / cae_size) ** 2,
+            )
         if node.get("edsr_weights") is None or node.get("cae_weights") is None:
             paths = ensure_pretrained(
                 train_root,
