@@ -67,22 +67,9 @@ def reliability_figure(panels: dict[str, tuple[Tensor, Tensor]], suptitle: str) 
 def ood_histogram(in_conf: Tensor, out_conf: Tensor, title: str) -> plt.Figure:
     """Overlaid histograms of the head's max probability on in-distribution and OOD images."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    bins = CONFIDENCE_BINS
-    low = bins[0]
-    ax.hist(
-        in_conf.clamp(low, 1).tolist(),
-        bins=bins,
-        alpha=0.6,
-        density=True,
-        label=f"in-distribution val (n={len(in_conf)})",
-    )
-    ax.hist(
-        out_conf.clamp(low, 1).tolist(),
-        bins=bins,
-        alpha=0.6,
-        density=True,
-        label=f"ImageNet-O (n={len(out_conf)})",
-    )
+    for values, name in ((in_conf, "in-distribution val"), (out_conf, "ImageNet-O")):
+        clipped = values.clamp(float(CONFIDENCE_BINS[0]), 1).tolist()  # below 1e-3: the first bin
+        ax.hist(clipped, bins=CONFIDENCE_BINS, alpha=0.6, density=True, label=f"{name} (n={len(values)})")
     ax.set_xscale("log")
     ax.set(xlabel="max probability of the head (log scale)", ylabel="density", title=title)
     ax.legend()
