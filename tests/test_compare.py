@@ -185,6 +185,9 @@ def test_bootstrap_intervals_equal_numpy_on_saved_logits(sweep: Path, tmp_path: 
     assert bootstrap_difference(*same) == (0.0, 0.0, 0.0)  # identical runs: exactly [0, 0]
     report = (out / "comparison.md").read_text()
     assert "head: sigmoid - softmax (augment=none)" in report and "(2 seeds)" in report
+    n_val = int(metrics(sweep, "softmax_baseline", 0)["val/imagenet/n"])
+    assert f", imagenet {n_val}," in report.split("Images scored per variant", 1)[1].splitlines()[0]
+    assert "| model | image size | batch | epochs | batches per epoch |" in report
     for _, row in summarise(differences).iterrows():  # several seeds: Student's t over the seeds' differences
         diffs = differences[
             (differences.comparison == row.comparison) & (differences["with"] == row["with"])

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,6 +50,25 @@ def warn_thin_comparison(frame: pd.DataFrame) -> None:
             "same seed twice in one experiment (%s): its mean ± std counts them as separate seeds",
             ", ".join(repeated),
         )
+
+
+RUN_SETTINGS = {  # columns of the runs table: what a reader needs to weigh the scores
+    "model": "model.name",
+    "image size": "data.image_size",
+    "batch": "data.batch_size",
+    "epochs": "trainer.max_epochs",
+    "batches per epoch": "trainer.limit_train_batches",
+}
+
+
+def images_scored(run: Run) -> str:
+    """One line: how many images each variant's scores rest on (``val/<variant>/n`` of ``run``)."""
+    counts = [
+        f"{variant} {int(run.metrics[f'val/{variant}/n'])}"
+        for variant in VARIANTS
+        if math.isfinite(run.metrics.get(f"val/{variant}/n", math.nan))
+    ]
+    return f"Images scored per variant ({run.name}): {', '.join(counts)}." if counts else ""
 
 
 def difference_cell(row: pd.Series) -> str:
@@ -140,6 +160,8 @@ def write_report(
         "",
         markdown_table(frame, columns, per_experiment),
         "",
+        images_scored(runs[0]),
+        "",
     ]
     if not differences.empty:
         summary = summarise(differences)
@@ -171,6 +193,7 @@ def write_report(
             "experiment": [r.experiment for r in runs],
             "seed": [r.seed for r in runs],
             "group": [r.group or "" for r in runs],
+            **{label: [r.settings.get(key, "") for r in runs] for label, key in RUN_SETTINGS.items()},
             "source": [str(r.run_dir) if r.run_dir else "W&B" for r in runs],
         },
         index=pd.Index([r.name for r in runs], name="run"),
