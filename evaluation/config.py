@@ -59,9 +59,8 @@ def run_config_path(checkpoint: Path) -> Path:
 def run_node(run_cfg: DictConfig, replaced: set[str]) -> dict[str, Any]:
     """The parts of a run's config that evaluation inherits, minus the groups in ``replaced``."""
     node: dict[str, Any] = {g: run_cfg[g] for g in RUN_GROUPS if g in run_cfg and g not in replaced}
-    if (
-        "eval" in node
-    ):  # the run's per-epoch cap is not how its final evaluation scored: that read every image
+    if "eval" in node:
+        # the run's per-epoch cap is not how its final evaluation scored: that read every image
         node["eval"] = OmegaConf.merge(node["eval"], {"max_images": None})
     node["experiment"] = run_cfg.get("experiment", "default")
     if "trainer" not in replaced and run_cfg.get("trainer", {}).get("precision") is not None:

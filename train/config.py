@@ -81,6 +81,11 @@ class MixupConfig:
     switch_prob: float = 0.5
     mode: str = "batch"
 
+    @property
+    def enabled(self) -> bool:
+        """Whether mixup or cutmix mixes the batch at all."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
 
 @dataclass
 class OptimConfig:

@@ -111,7 +111,7 @@ class ClassifierModule(L.LightningModule):
                 label_smoothing=head.smoothing,
                 num_classes=num_classes,
             )
-            if mixup.mixup_alpha > 0 or mixup.cutmix_alpha > 0
+            if mixup.enabled
             else None
         )
         object.__setattr__(self, "augment", augment)  # not a submodule on purpose

@@ -93,6 +93,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
     trainer_args = dict(conf.trainer)
     check_trainer_args(trainer_args)
     check_optim_and_mixup(conf.optim, conf.mixup, conf.data.batch_size, trainer_args)
+    trainer_args["precision"] = resolve_precision(trainer_args, torch.cuda.is_available())
     c_references = corruption_references(conf.eval.c_normaliser, conf.eval.variants)
     head = create_head(**vars(conf.head))
     L.seed_everything(conf.seed, workers=True)
@@ -140,7 +141,7 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
         "augment": augment_name(cfg),
         "benchmark_sha256": data_hash,
         "git_commit": provenance["git_commit"],
-        "trainer.precision": resolve_precision(trainer_args, torch.cuda.is_available()),  # the one used
+        "trainer.precision": trainer_args["precision"],  # the one used, not the config's null
     }
     logger = create_logger(conf.logger, run_dir, conf.experiment, group, tags, flat_config, wandb_id)
     declare_metrics(logger)
@@ -179,7 +180,6 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     if trainer_args.get("enable_progress_bar", True):
         callbacks.append(VariantProgressBar(evaluator))
-    trainer_args["precision"] = resolve_precision(trainer_args, torch.cuda.is_available())
     trainer_args["strategy"] = build_strategy(trainer_args.get("strategy", "auto"))
     trainer = L.Trainer(
         **trainer_args,

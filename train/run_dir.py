@@ -176,12 +176,13 @@ def check_run_dir(run_dir: Path, cfg: DictConfig, resuming: bool, slurm: bool) -
     """Before Hydra writes into ``run_dir``: a new run refuses a folder holding a run (:func:`check_new_run_dir`);
     a SLURM job finding one continues it (a requeue) only when it trains the same thing -- a second training
     of other settings in one job would otherwise take over the first one's checkpoint and files."""
-    if resuming or not any((run_dir / marker).is_file() for marker in RUN_MARKERS):
+    if resuming:
         return
     if not slurm:
         check_new_run_dir(run_dir)
+        return
     saved = run_dir / "config.yaml"
-    if not saved.is_file():
+    if not any((run_dir / marker).is_file() for marker in RUN_MARKERS) or not saved.is_file():
         return
     before = flatten(OmegaConf.to_container(OmegaConf.load(saved), resolve=True))
     now = flatten(OmegaConf.to_container(cfg, resolve=True))

@@ -86,7 +86,7 @@ def check_optim_and_mixup(
             ) from None
     if mixup.mode not in MIXUP_MODES:
         raise ValueError(f"mixup.mode={mixup.mode!r} is unknown; use one of {list(MIXUP_MODES)}")
-    if (mixup.mixup_alpha > 0 or mixup.cutmix_alpha > 0) and batch_size % 2:
+    if mixup.enabled and batch_size % 2:
         raise ValueError(
             f"data.batch_size={batch_size} is odd; mixup/cutmix pairs the images of a batch: give an even batch size"
         )
