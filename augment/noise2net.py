@@ -24,6 +24,7 @@ from typing import NamedTuple
 import torch
 from torch import Generator, Tensor
 
+from augment import cpu_kernels
 from augment.base import (
     RandomAugmentation,
     check_images,
@@ -109,11 +110,25 @@ class BlockParams(NamedTuple):
 
 
 def _hierarchical_conv(x: Tensor, weight: Tensor, dilation: int, conv_dtype: torch.dtype) -> Tensor:
-    """Per-sample conv x [b, C, H, W] (float32) by weight [b, O, C, k, k] -> float32 [b, O, H, W]; 3x3 kernels
-    in ``conv_dtype`` (input and weights cast, output cast back), 1x1 ones (memory-bound products) in float32."""
-    if weight.shape[-1] == 1 or conv_dtype == x.dtype:
-        return per_sample_conv2d(x, weight, dilation)
-    return per_sample_conv2d(x.to(conv_dtype), weight.to(conv_dtype), dilation).to(x.dtype)
+    """Per-sample conv x [b, C, H, W] by weight [b, O, C, k, k] -> [b, O, H, W] in x's dtype; 3x3 kernels in
+    ``conv_dtype`` (input and weights cast, output cast back), 1x1 ones (memory-bound products) in x's dtype."""
+    dtype = conv_dtype if weight.shape[-1] > 1 else x.dtype
+    return per_sample_conv2d(x.to(dtype), weight.to(dtype), dilation).to(x.dtype)
+
+
+def _hierarchical_convs(x: Tensor, variants: list[ConvGroup], conv_dtype: torch.dtype) -> Tensor:
+    """One hierarchical conv of x [m, C, H, W] (see :func:`_hierarchical_conv`), each sample by its variant's
+    kernel; with several variants x is overwritten and returned."""
+    if len(variants) == 1:
+        _, weight, dilation = variants[0]
+        return _hierarchical_conv(x, weight, dilation, conv_dtype)
+    for (
+        rows,
+        weight,
+        dilation,
+    ) in variants:  # disjoint rows: writing one variant's never changes another's input
+        x.index_copy_(0, rows, _hierarchical_conv(x.index_select(0, rows), weight, dilation, conv_dtype))
+    return x
 
 
 def res2net_block(
@@ -140,20 +155,43 @@ def res2net_block(
         if g < scale - 1:
             if prev is not None:
                 sp.add_(prev)
-            variants = params.convs[g]
-            if len(variants) == 1:
-                rows, weight, dilation = variants[0]
-                out = _hierarchical_conv(sp, weight, dilation, conv_dtype)
-            else:  # rows of different variants are disjoint: writing one variant's rows never changes another's input
-                for rows, weight, dilation in variants:
-                    sp.index_copy_(
-                        0, rows, _hierarchical_conv(sp.index_select(0, rows), weight, dilation, conv_dtype)
-                    )
-                out = sp
-            sp = prev = _norm_(out)
+            sp = prev = _norm_(_hierarchical_convs(sp, params.convs[g], conv_dtype))
         group = sp.view(m, width, h * w)  # into the final 1x1 conv, summed over the groups
         y = torch.bmm(project, group) if y is None else torch.baddbmm(y, project, group)
     return _norm_(y.view(m, 3, h, w), relu=False)
+
+
+def fused_res2net_step(z: Tensor, eps: Tensor, params: BlockParams, conv_dtype: torch.dtype) -> Tensor:
+    """``z + eps * res2net_block(z, params, conv_dtype=conv_dtype)`` through :mod:`augment.cpu_kernels`, in place
+    on z [m, 3, H, W] (contiguous float32 on the CPU, H * W a multiple of 16), eps [m]. Returns z.
+
+    The hierarchical convs run in PyTorch as in :func:`res2net_block` (a lone 1x1 one inside the kernel); the
+    rest -- the expansion with its norm folded in, ReLUs, the sum with the previous group, the norms, the final
+    1x1 conv and its norm -- is one pass over the pixels per group plus one for the norm statistics. The input of
+    a lone 3x3 variant is written in ``conv_dtype`` directly and its output read back in it.
+    """
+    m, _, h, w = z.shape
+    scale = len(params.convs) + 1
+    width = params.expand.shape[1] // scale
+    affine = cpu_kernels.expand_affine(z, params.expand)
+    y = torch.empty_like(z)
+    prev = None
+    for g, variants in enumerate(params.convs):
+        lone = variants[0].weight if len(variants) == 1 else None
+        w1x1 = lone if lone is not None and lone.shape[-1] == 1 else None
+        dtype = conv_dtype if lone is not None and w1x1 is None else torch.float32
+        sp = z.new_empty(m, width, h, w, dtype=dtype)
+        rows = affine[:, g * width : (g + 1) * width]
+        cpu_kernels.group_pass(
+            z, rows, params.project, y, prev, (g - 1) * width, y_init=g == 1, w1x1=w1x1, out=sp
+        )
+        out = sp if w1x1 is not None else _hierarchical_convs(sp, variants, conv_dtype)
+        prev = (out, *cpu_kernels.norm_stats(out))
+    last = (scale - 1) * width
+    cpu_kernels.group_pass(
+        z, affine[:, last:], params.project, y, prev, last - width, last, y_init=scale == 2
+    )
+    return cpu_kernels.residual_(z, y, eps)
 
 
 class Noise2Net(RandomAugmentation):
@@ -173,6 +211,10 @@ class Noise2Net(RandomAugmentation):
             devices (one pass).
         precision: dtype of the 3x3 convs ("auto": bf16 where bf16 convolutions are fast, like DeepAugment's
             networks; "fp32"; "bf16"); norms, 1x1 convs and the residual sums stay in float32.
+        fused_cpu: on a CPU, run everything but the 3x3 convs as compiled C kernels (:mod:`augment.cpu_kernels`,
+            built on first use with the system C compiler; without one, PyTorch ops and a warning) where H * W is
+            a multiple of 16 and ``hidden_planes`` of 8; False: PyTorch ops only. Same result either way (float
+            rounding apart).
     """
 
     def __init__(
@@ -185,6 +227,7 @@ class Noise2Net(RandomAugmentation):
         seed: int = 0,
         cpu_pass_pixels: int = 224 * 224,
         precision: str = "auto",
+        fused_cpu: bool = True,
     ) -> None:
         super().__init__(seed)
         self.p = check_probability(p, "p")
@@ -197,6 +240,9 @@ class Noise2Net(RandomAugmentation):
         self.max_eps = float(max_eps)
         self.cpu_pass_pixels = check_positive(cpu_pass_pixels, "cpu_pass_pixels")
         self.precision = check_precision(precision)
+        if not isinstance(fused_cpu, bool):
+            raise ValueError(f"fused_cpu must be true or false, got {fused_cpu!r}")
+        self.fused_cpu = fused_cpu
         self.hidden_planes, self.scale, self.num_blocks = int(hidden_planes), int(scale), int(num_blocks)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -204,7 +250,7 @@ class Noise2Net(RandomAugmentation):
     def extra_repr(self) -> str:
         return (
             f"p={self.p}, max_eps={self.max_eps}, hidden_planes={self.hidden_planes}, scale={self.scale}, "
-            f"precision={self.precision}, seed={self.seed}"
+            f"precision={self.precision}, fused_cpu={self.fused_cpu}, seed={self.seed}"
         )
 
     @torch.no_grad()
@@ -228,25 +274,35 @@ class Noise2Net(RandomAugmentation):
         z = (x - self.mean) / self.std
         blocks = [self.sample_block(m, z) for _ in range(self.num_blocks)]
         cpu = z.device.type == "cpu"
+        fused = cpu and self.fused_cpu and cpu_kernels.supported(z, self.hidden_planes)
+        fused = (
+            fused and cpu_kernels.library() is not None
+        )  # built here, before any sub-batch thread needs it
         passes = thread_balanced_parts(m, self.cpu_pass_pixels // (h * w)) if cpu else [(0, m)]
         if len(passes) == 1:
-            return self._to_pixels(self._apply_blocks(z, eps, blocks))
+            return self._to_pixels(self._apply_blocks(z, eps, blocks, fused))
         out = torch.empty_like(z)
 
         def sub_batch(start: int, stop: int) -> Callable[[], None]:
             def run() -> None:
                 parts = [b.narrow(start, stop) for b in blocks]
-                out[start:stop] = self._apply_blocks(z[start:stop], eps[start:stop], parts)
+                out[start:stop] = self._apply_blocks(z[start:stop], eps[start:stop], parts, fused)
 
             return run
 
         run_on_cpu_threads([sub_batch(start, stop) for start, stop in passes])
         return self._to_pixels(out)
 
-    def _apply_blocks(self, z: Tensor, eps: Tensor, blocks: list[BlockParams]) -> Tensor:
-        """z + eps * block(z) for each block in turn: z [m, 3, H, W] normalised, eps [m, 1, 1, 1]."""
-        scratch = z.new_empty(2, z.shape[0], self.hidden_planes, z.shape[-2] * z.shape[-1])
+    def _apply_blocks(self, z: Tensor, eps: Tensor, blocks: list[BlockParams], fused: bool) -> Tensor:
+        """z + eps * block(z) for each block in turn: z [m, 3, H, W] normalised, eps [m, 1, 1, 1]; ``fused``:
+        through the CPU kernels (:func:`fused_res2net_step`)."""
         conv_dtype = network_dtype(z.device, self.precision, z.dtype)
+        if fused:
+            z = z.clone(memory_format=torch.contiguous_format)
+            for params in blocks:
+                fused_res2net_step(z, eps, params, conv_dtype)
+            return z
+        scratch = z.new_empty(2, z.shape[0], self.hidden_planes, z.shape[-2] * z.shape[-1])
         for params in blocks:
             z = torch.addcmul(z, eps, res2net_block(z, params, scratch, conv_dtype))
         return z

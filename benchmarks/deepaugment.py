@@ -281,6 +281,10 @@ def main() -> None:
         fns[f"{kind}_reference"] = reference_procedure(aug, kind, x)
     noise2net = Noise2Net(p=1.0, precision=args.precision).to(device)
     fns["noise2net"] = lambda: noise2net(x)
+    cpu = device.type == "cpu"
+    if cpu:  # the same draws without the fused C kernels (augment/cpu_kernels.py): PyTorch ops only
+        noise2net_ops = Noise2Net(p=1.0, precision=args.precision, fused_cpu=False)
+        fns["noise2net_pytorch"] = lambda: noise2net_ops(x)
     fns["model_step"] = train_step(x, args.model)
     times = timed_rounds(fns, device, args.repeats)
     full = {name: median(t) for name, t in times.items()}
@@ -291,7 +295,8 @@ def main() -> None:
         )
     # Cost per batch of the reference mix (1/3 EDSR, 1/3 CAE) and of Noise2Net on half the batch, per round.
     times["mix"] = [(e + c) / 3 for e, c in zip(times["edsr"], times["cae"], strict=True)]
-    times["noise2net_half"] = [0.5 * t for t in times["noise2net"]]
+    for key in ("noise2net", "noise2net_pytorch")[: 1 + cpu]:
+        times[key + "_half"] = [0.5 * t for t in times[key]]
     t_step = full["model_step"]
     step_name = f"{args.model} step"
     gflop = flop_floor(args.size, cae_size, args.model)
@@ -319,10 +324,12 @@ def main() -> None:
     )
     for kind in ("edsr", "cae"):
         print(f"{kind}: batched / reference procedure = {total_ratio(times, kind + '_reference', kind):.2f}x")
-    for name, key, floor in (
-        ("DeepAugment mix", "mix", floor_mix),
-        ("Noise2Net on half", "noise2net_half", floor_n2n),
-    ):
+    costs = [("DeepAugment mix", "mix", floor_mix), ("Noise2Net on half", "noise2net_half", floor_n2n)]
+    if cpu:
+        costs.append(("Noise2Net on half, PyTorch ops only", "noise2net_pytorch_half", floor_n2n))
+        speedup = total_ratio(times, "noise2net_pytorch", "noise2net")
+        print(f"noise2net: C kernels / PyTorch ops = {speedup:.2f}x")
+    for name, key, floor in costs:
         cost = ratio(times, key, "model_step")
         print(f"{name} / {step_name} = {cost:.3f} (FLOP floor {floor:.3f}: {cost / floor:.2f}x floor)")
 

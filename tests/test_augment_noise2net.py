@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from test_augment_networks import one_thread  # noqa: F401  (autouse fixture)
 from torch import nn
 
-from augment import Noise2Net
-from augment.noise2net import IMAGENET_STD, res2net_block
+from augment import Noise2Net, cpu_kernels
+from augment.noise2net import IMAGENET_STD, ConvGroup, fused_res2net_step, res2net_block
 
 
 def reference_block(z: torch.Tensor, params, s: int) -> torch.Tensor:
@@ -46,16 +47,105 @@ def test_block_matches_reference_bottle2neck_per_sample():
             torch.testing.assert_close(out[s], reference_block(z, params, s), atol=1e-4, rtol=1e-4)
 
 
-def test_cpu_sub_batches_give_the_one_pass_result_on_any_thread_count():
-    x = torch.rand(7, 3, 12, 10)
+@pytest.mark.parametrize("size", [(12, 10), (16, 12)])  # PyTorch ops (H * W = 120); C kernels (192)
+def test_cpu_sub_batches_give_the_one_pass_result_on_any_thread_count(size):
+    x = torch.rand(7, 3, *size)
     one_pass = Noise2Net(p=1.0, seed=2)(x)
+    hw = size[0] * size[1]
     for threads in (1, 2):  # with two, the sub-batches run concurrently, one per thread
         torch.set_num_threads(threads)
-        for pixels in (1, 3 * 120, 6 * 120):  # 1, 3 and 6 images per pass (the last pass shorter)
+        for pixels in (1, 3 * hw, 6 * hw):  # 1, 3 and 6 images per pass (the last pass shorter)
             out = Noise2Net(p=1.0, seed=2, cpu_pass_pixels=pixels)(x)
             torch.testing.assert_close(out, one_pass, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="cpu_pass_pixels"):
         Noise2Net(cpu_pass_pixels=0)
+
+
+def lone_variants(params, kinds: list[tuple[int, int]], seed: int = 0):
+    """``params`` with hierarchical conv i of every sample of kernel size / dilation ``kinds[i]`` (one variant)."""
+    m, width = params.expand.shape[0], params.expand.shape[1] // (len(kinds) + 1)
+    gen = torch.Generator().manual_seed(seed)
+    convs = []
+    for k, dilation in kinds:
+        bound = (width * k * k) ** -0.5
+        weight = (2 * torch.rand(m, width, width, k, k, generator=gen) - 1) * bound
+        convs.append([ConvGroup(torch.arange(m), weight, dilation)])
+    return params._replace(convs=convs)
+
+
+@pytest.mark.parametrize("kinds", [None, [(1, 1), (3, 2), (1, 1)], [(3, 1), (1, 1), (3, 3)]])
+def test_fused_cpu_step_matches_reference_bottle2neck_per_sample(kinds):
+    """The C kernels' step (mixed variants per conv, or one lone 1x1 / 3x3 variant, each path of the kernel)
+    against z + eps * the reference's Bottle2neck, sample by sample."""
+    z = torch.randn(5, 3, 16, 12)  # H * W = 192, a multiple of cpu_kernels.PIXEL_MULTIPLE
+    params = Noise2Net(seed=8).sample_block(5, z)
+    if kinds is None:
+        assert max(len(variants) for variants in params.convs) > 1
+    else:
+        params = lone_variants(params, kinds)
+    eps = torch.rand(5, 1, 1, 1) + 0.1
+    out = fused_res2net_step(z.clone(), eps, params, torch.float32)
+    with torch.no_grad():
+        for s in range(5):
+            expected = z[s] + eps[s] * reference_block(z, params, s)
+            torch.testing.assert_close(out[s], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_fused_cpu_bf16_rounding_and_statistics_match_torch():
+    """The kernels' first group pass is relu(instance_norm(weight @ z)) computed in float64; their bf16 stores round
+    like torch (to nearest even); their norm statistics are numpy's."""
+    z = torch.randn(2, 3, 16, 16)
+    weight = torch.rand(2, 32, 3) - 0.5
+    affine = cpu_kernels.expand_affine(z, weight)
+    rows, project, y = affine[:, :16], torch.rand(2, 3, 32), torch.empty_like(z)
+    as_float, as_bf16 = torch.empty(2, 16, 16, 16), torch.empty(2, 16, 16, 16, dtype=torch.bfloat16)
+    cpu_kernels.group_pass(z, rows, project, y, out=as_float)
+    cpu_kernels.group_pass(z, rows, project, y, out=as_bf16)
+    expanded = torch.einsum("mpc,mchw->mphw", weight[:, :16].double(), z.double())
+    mean, var = expanded.mean((2, 3), keepdim=True), expanded.var((2, 3), unbiased=False, keepdim=True)
+    torch.testing.assert_close(
+        as_float, torch.relu((expanded - mean) / (var + 1e-5).sqrt()).float(), atol=1e-5, rtol=0
+    )
+    assert torch.equal(as_bf16, as_float.to(torch.bfloat16))
+    assert (as_float != as_bf16.float()).float().mean() > 0.3  # the stores really rounded
+    # exact ties (halfway between two bf16 values) passed through: zero expansion + relu(prev * 1 + 0)
+    steps = torch.arange(2 * 16 * 256, dtype=torch.float64).view(2, 16, 16, 16)
+    ties = ((1 + (steps % 256) * 2**-8) * 2 ** (steps % 7 - 3)).float()  # odd steps: halfway between two bf16
+    assert (ties.view(torch.int32) & 0xFFFF).eq(0x8000).float().mean() == 0.5
+    ones, zeros = torch.ones(2, 16), torch.zeros(2, 16)
+    cpu_kernels.group_pass(z, torch.zeros(2, 16, 4), project, y, (ties, ones, zeros), 0, out=as_bf16)
+    assert torch.equal(as_bf16, ties.to(torch.bfloat16))
+    x = torch.randn(3, 16, 8, 8) * 3 + 1
+    for dtype in (torch.float32, torch.bfloat16):
+        scale, shift = cpu_kernels.norm_stats(x.to(dtype))
+        values = x.to(dtype).double().flatten(2).numpy()
+        rstd = 1 / np.sqrt(values.var(-1) + 1e-5)  # biased variance, like BatchNorm in train mode
+        torch.testing.assert_close(scale, torch.from_numpy(rstd).float(), rtol=1e-5, atol=0)
+        torch.testing.assert_close(
+            shift, torch.from_numpy(-values.mean(-1) * rstd).float(), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_fused_cpu_matches_pytorch_ops_and_falls_back_where_it_cannot_run(tmp_path, monkeypatch):
+    x = torch.rand(6, 3, 32, 32)
+    for precision, atol in (("fp32", 1e-5), ("bf16", 8 / 255)):  # bf16: stores rounded at other float errors
+        fused = Noise2Net(p=1.0, seed=5, precision=precision)(x)
+        ops = Noise2Net(p=1.0, seed=5, precision=precision, fused_cpu=False)(x)
+        torch.testing.assert_close(fused, ops, atol=atol, rtol=0)
+        assert (fused - ops).abs().mean() < 0.2 / 255
+    odd = torch.rand(3, 3, 10, 9)  # H * W = 90: not a multiple of 16, PyTorch ops
+    assert torch.equal(Noise2Net(seed=1)(odd), Noise2Net(seed=1, fused_cpu=False)(odd))
+    with pytest.raises(RuntimeError, match="no-such-cc"):
+        cpu_kernels.build("no-such-cc", tmp_path)
+    monkeypatch.setenv("CC", "no-such-cc")
+    monkeypatch.setenv("SIGROB_CACHE_DIR", str(tmp_path))  # a machine without a compiler or a built library
+    cpu_kernels.library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="could not build its CPU kernels .*Set CC"):
+            without = Noise2Net(p=1.0, seed=5)(x)
+        assert torch.equal(without, Noise2Net(p=1.0, seed=5, fused_cpu=False)(x))
+    finally:
+        cpu_kernels.library.cache_clear()
 
 
 def test_bf16_convs_stay_within_a_grey_level_of_fp32():

@@ -148,6 +148,10 @@ def test_cli_errors_are_one_line_and_early(tmp_path: Path, bench_root: Path, cac
         ),
         (["augment=deepaugment_noise2net", "augment.steps.1.max_eps=-1"], "max_eps must be a finite number"),
         (["augment=noise2net", "augment.p=abc"], "augment: p must be a probability in \\[0, 1\\], got 'abc'"),
+        (
+            ["augment=noise2net", "augment.fused_cpu=abc"],
+            "augment: fused_cpu must be true or false, got 'abc'",
+        ),
     ],
 )
 def test_augment_values_fail_before_any_pretraining(overrides, message, tmp_path: Path):
