@@ -419,8 +419,12 @@ def test_runs_of_one_experiment_trained_at_other_settings_are_not_averaged_as_se
     config = OmegaConf.load(other / "config.yaml")
     config.data.image_size = 48
     OmegaConf.save(config, other / "config.yaml")
+    for i, run_dir in enumerate(same):  # how the augmentation ran, not what was trained
+        config = OmegaConf.load(run_dir / "config.yaml")
+        config.augment.fused_cpu = i == 0
+        OmegaConf.save(config, run_dir / "config.yaml")
     runs = load_runs([str(p) for p in same])
-    assert {r.experiment for r in runs} == {"softmax_baseline"}  # seeds alone do not split
+    assert {r.experiment for r in runs} == {"softmax_baseline"}  # seeds and fused_cpu alone do not split
     assert not compare_warnings(caplog)
     runs = load_runs([*map(str, same), str(other)])
     assert [r.experiment for r in runs] == [

@@ -149,6 +149,16 @@ FREE_ON_RESUME = (
     "data.real_labels",
     "model.compile",
 )
+# ... and augmentation options that change only how it runs (same result), at any depth (augment.steps.1.<option>)
+FREE_AUGMENT_OPTIONS = ("fused_cpu", "cpu_pass_pixels")
+
+
+def free_on_resume(key: str) -> bool:
+    """Whether the flat config key ``key`` may differ between a run and its resumption (or two seeds of one
+    experiment): :data:`FREE_ON_RESUME` and :data:`FREE_AUGMENT_OPTIONS`."""
+    return key in FREE_ON_RESUME or (
+        key.startswith("augment.") and key.rsplit(".", 1)[-1] in FREE_AUGMENT_OPTIONS
+    )
 
 
 def check_new_run_dir(run_dir: Path) -> None:
@@ -200,7 +210,7 @@ def _override_key(override: str) -> str:
 
 
 def _fixed(key: str) -> bool:
-    return key not in FREE_ON_RESUME and any(key == k or key.startswith(f"{k}.") for k in FIXED_ON_RESUME)
+    return not free_on_resume(key) and any(key == k or key.startswith(f"{k}.") for k in FIXED_ON_RESUME)
 
 
 def resume_overrides(run_dir: Path, extra: list[str]) -> list[str]:

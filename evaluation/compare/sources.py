@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from train.run_dir import FREE_ON_RESUME, flatten
+from train.run_dir import flatten, free_on_resume
 
 WANDB_URL = "wandb://"
 EVAL_JOB = "eval"  # the W&B job type of `python -m evaluation` runs, which are not compared
@@ -264,12 +264,12 @@ def unique_names(runs: list[Run]) -> None:
 def training_settings(flat_config: dict[str, Any]) -> dict[str, Any]:
     """The keys of a flat run config that decide what was trained (model, data, optim, mixup, augment,
     head and the trainer's length), but the seeds (the training seed is also copied into
-    the augmentation's) and what may differ between two runs of the same training (FREE_ON_RESUME)."""
+    the augmentation's) and what may differ between two runs of the same training (``free_on_resume``)."""
     return {
         key: value
         for key, value in flat_config.items()
         if (("." in key and key.split(".")[0] in SETTING_GROUPS) or key in TRAINER_SETTINGS)
-        and key not in FREE_ON_RESUME
+        and not free_on_resume(key)
         and not (key.startswith("augment.") and key.endswith("seed"))
     }
 
