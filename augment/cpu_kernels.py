@@ -2,12 +2,15 @@
 
 The C file is compiled with the system C compiler (``$CC``, else ``cc``, ``gcc`` or ``clang``) for this CPU
 (``-march=native`` / ``-mcpu=native``) into ``<cache dir>/kernels/`` (``$SIGROB_CACHE_DIR``, else the user cache
-dir), keyed by the source, the compiler, its flags and the CPU, and written atomically, so concurrent processes
-and machines sharing a home directory each load a library built for them. Building takes well under a second. No
-compiler, or a failed build: one warning and ``library()`` returns None (Noise2Net then runs its PyTorch ops).
+dir), keyed by the source, the compiler, its flags and the CPU (its feature flags; the host name where the OS
+does not list them), checked to load, made readable to all and renamed into place, so concurrent processes and
+machines sharing a cache each load a library built for their CPU. Building takes well under a second. No
+compiler, or a failed build: one warning per process and ``library()`` returns None (Noise2Net then runs its
+PyTorch ops).
 
-The wrappers take tensors, check what the C code assumes (CPU, dtype, contiguous rows) and release the GIL
-while the kernel runs (ctypes does), so Noise2Net's sub-batches run them concurrently on torch's threads.
+The wrappers take tensors, check everything the C code assumes (CPU, dtype, contiguity, shapes, H * W a multiple
+of 16, widths a multiple of 8) with a one-line ValueError, and release the GIL while the kernel runs (ctypes
+does), so Noise2Net's sub-batches run them concurrently on torch's threads.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -31,6 +35,7 @@ PIXEL_MULTIPLE = 16  # the kernels' vector length: H * W must be a multiple of i
 TILE = 256  # pixels per tile of the 1x1 conv (noise2net_cpu.c)
 WIDTH_MULTIPLE = 8  # a 1x1 conv is computed 8 output channels at a time
 FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC")
+BUILD_TIMEOUT_S = 120
 _P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 _SIGNATURES = {
     "n2n_expand_affine": (_P, _P, _P, _L, _L, _L),
@@ -40,9 +45,12 @@ _SIGNATURES = {
 }
 
 
-def find_compiler() -> str | None:
-    """``$CC`` if set, else the first of cc, gcc, clang on PATH."""
-    return os.environ.get("CC") or next(filter(None, map(shutil.which, ("cc", "gcc", "clang"))), None)
+def find_compiler() -> list[str] | None:
+    """``$CC`` (split like a shell: ``ccache gcc`` works) if set, else the first of cc, gcc, clang on PATH."""
+    if os.environ.get("CC", "").strip():
+        return shlex.split(os.environ["CC"])
+    found = next(filter(None, map(shutil.which, ("cc", "gcc", "clang"))), None)
+    return [found] if found else None
 
 
 def _native_flags() -> tuple[str, ...]:
@@ -55,21 +63,22 @@ def _native_flags() -> tuple[str, ...]:
 
 
 def _cpu_identity() -> str:
-    """What ``-march=native`` depends on: the CPU's feature flags where Linux lists them."""
+    """What ``-march=native`` depends on: the CPU's feature flags where Linux lists them, else this host's name
+    (a build per machine, never one made for another CPU)."""
     try:
         with open("/proc/cpuinfo") as f:
-            return next((line for line in f if line.startswith(("flags", "Features"))), platform.processor())
+            flags = next((line for line in f if line.startswith(("flags", "Features"))), None)
     except OSError:
-        return platform.machine() + platform.processor()
+        flags = None
+    return flags or f"{platform.machine()} {platform.processor()} {platform.node()}"
 
 
-def build(compiler: str, cache_dir: Path) -> Path:
-    """Compile the kernels with ``compiler`` into ``cache_dir`` (no-op when that build exists); return its path.
-
-    Raises RuntimeError with the compiler's first error line when the build fails."""
+def build(compiler: list[str], cache_dir: Path) -> Path:
+    """Compile the kernels with ``compiler`` (a command and its arguments) into ``cache_dir``, or find that build
+    there; return its path. Raises RuntimeError with the compiler's first error line when the build fails."""
     flags = (*FLAGS, *_native_flags())
     key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), compiler, *flags, _cpu_identity()]).encode()
+        "\0".join([SOURCE.read_text(), *compiler, *flags, _cpu_identity()]).encode()
     ).hexdigest()
     target = cache_dir / f"noise2net_cpu-{key[:16]}.so"
     if target.exists():
@@ -78,15 +87,18 @@ def build(compiler: str, cache_dir: Path) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache_dir)
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+        command = [*compiler, *flags, "-o", tmp, str(SOURCE)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         if done.returncode:
             errors = [
                 line for line in done.stderr.splitlines() if "error" in line
             ] or done.stderr.splitlines()
-            raise RuntimeError(errors[0] if errors else f"exit status {done.returncode}")
+            raise RuntimeError(errors[0] if errors else f"{compiler[0]} exited with status {done.returncode}")
+        load(Path(tmp))  # a compiler that wrote nothing or something else is caught before the rename
+        os.chmod(tmp, 0o755)  # mkstemp made it private: others sharing the cache load it too
         os.replace(tmp, target)  # atomic: a concurrent build of the same key writes the same file
-    except OSError as err:  # compiler not executable
-        raise RuntimeError(str(err)) from err
+    except (OSError, subprocess.TimeoutExpired) as err:  # compiler missing or hanging, unloadable output
+        raise RuntimeError(f"{shlex.join(compiler)}: {err}") from err
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -114,10 +126,10 @@ def library() -> ctypes.CDLL | None:
         return load(build(compiler, default_cache_dir() / "kernels"))
     except (RuntimeError, OSError) as err:
         warnings.warn(
-            f"Noise2Net: could not build its CPU kernels ({err}); using PyTorch ops, ~1.5-2x slower on a CPU. "
-            "Set CC to a C compiler, or pass cpu_kernels=False to silence this.",
+            f"Noise2Net: could not build its CPU kernels ({err}); using PyTorch ops, up to ~1.8x slower on a CPU. "
+            "Set CC to a C compiler, or pass fused_cpu=False (augment.fused_cpu=false) to silence this.",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=2,
         )
         return None
 
@@ -137,40 +149,53 @@ def _ptr(x: Tensor | None) -> int | None:
     return None if x is None else x.data_ptr()
 
 
-def _check(x: Tensor, dtypes: tuple[torch.dtype, ...] = (torch.float32,), whole: bool = True) -> None:
-    """x on the CPU in one of ``dtypes``, contiguous (``whole``) or with each x[i] contiguous."""
-    if (
-        x.device.type != "cpu"
-        or x.dtype not in dtypes
-        or not (x.is_contiguous() if whole else x[0].is_contiguous())
-    ):
-        raise ValueError(
-            f"kernel input must be a contiguous CPU tensor of {dtypes}, got {x.dtype} {x.stride()}"
-        )
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(f"cpu_kernels: {message}")
+
+
+def _check(
+    x: Tensor, name: str, shape: tuple[int, ...], dtypes: tuple[torch.dtype, ...] = (torch.float32,)
+) -> None:
+    """x is a contiguous CPU tensor of ``shape`` in one of ``dtypes``."""
+    _require(
+        x.device.type == "cpu" and x.dtype in dtypes and x.is_contiguous() and tuple(x.shape) == shape,
+        f"{name} must be a contiguous CPU tensor of shape {list(shape)} in {dtypes}, got {x.dtype} "
+        f"{list(x.shape)} on {x.device}{'' if x.is_contiguous() else ', not contiguous'}",
+    )
+
+
+def _check_images(z: Tensor, name: str = "z") -> tuple[int, int, int]:
+    """z [m, 3, H, W] float, contiguous, H * W a multiple of PIXEL_MULTIPLE; returns (m, H, W)."""
+    _require(z.dim() == 4, f"{name} must be [m, 3, H, W], got {list(z.shape)}")
+    m, _, h, w = z.shape
+    _check(z, name, (m, 3, h, w))
+    _require(
+        (h * w) % PIXEL_MULTIPLE == 0, f"{name}: H * W must be a multiple of {PIXEL_MULTIPLE}, got {h * w}"
+    )
+    return m, h, w
 
 
 def expand_affine(z: Tensor, weight: Tensor) -> Tensor:
     """The expansion 1x1 conv weight [m, P, 3] with the instance norm of its output on z [m, 3, H, W] folded in:
     affine [m, P, 4] (weights | bias) such that relu(affine . [z; 1]) is the normalised, rectified expansion."""
-    lib = library()
-    m, planes = weight.shape[:2]
-    z, weight = z.contiguous(), weight.contiguous()
-    _check(z)
-    _check(weight)
-    affine = z.new_empty(m, planes, 4)
-    lib.n2n_expand_affine(_ptr(z), _ptr(weight), _ptr(affine), m, planes, z.shape[-2] * z.shape[-1])
+    m, h, w = _check_images(z)
+    weight = weight.contiguous()
+    _check(weight, "weight", (m, weight.shape[1] if weight.dim() == 3 else -1, 3))
+    affine = z.new_empty(m, weight.shape[1], 4)
+    library().n2n_expand_affine(_ptr(z), _ptr(weight), _ptr(affine), m, weight.shape[1], h * w)
     return affine
 
 
 def norm_stats(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Instance-norm statistics of x [m, C, H, W] (float or bf16; eps 1e-5, biased variance) as (scale, shift)
-    [m, C] float: the normalised x is x * scale + shift."""
-    x = x.contiguous()
-    _check(x, (torch.float32, torch.bfloat16))
-    m, c = x.shape[:2]
+    """Instance-norm statistics of x [m, C, H, W] (float or bf16, H * W a multiple of 16; eps 1e-5, biased
+    variance) as (scale, shift) [m, C] float: the normalised x is x * scale + shift."""
+    _require(x.dim() == 4, f"x must be [m, C, H, W], got {list(x.shape)}")
+    m, c, h, w = x.shape
+    _check(x, "x", (m, c, h, w), (torch.float32, torch.bfloat16))
+    _require((h * w) % PIXEL_MULTIPLE == 0, f"x: H * W must be a multiple of {PIXEL_MULTIPLE}, got {h * w}")
     scale, shift = x.new_empty(m, c, dtype=torch.float32), x.new_empty(m, c, dtype=torch.float32)
-    hw = x.shape[-2] * x.shape[-1]
-    library().n2n_norm_stats(_ptr(x), int(x.dtype == torch.bfloat16), _ptr(scale), _ptr(shift), m, c, hw)
+    library().n2n_norm_stats(_ptr(x), int(x.dtype == torch.bfloat16), _ptr(scale), _ptr(shift), m, c, h * w)
     return scale, shift
 
 
@@ -195,21 +220,40 @@ def group_pass(
     otherwise it is written to ``out`` [m, width, H, W] (float or bf16), through the 1x1 conv ``w1x1``
     [m, width, width] if given.
     """
-    m, width = affine.shape[:2]
-    hw = z.shape[-2] * z.shape[-1]
-    if affine.stride(1) != 4 or affine.stride(2) != 1:
-        raise ValueError("affine must be a row view of expand_affine's output")
-    if own_col < 0 and out is None:
-        raise ValueError("group_pass needs out (the conv input) unless own_col >= 0")
-    for t in (z, y):
-        _check(t)
-    _check(project, whole=False)
-    if w1x1 is not None:
-        w1x1 = w1x1.reshape(m, width, width).contiguous()
+    m, h, w = _check_images(z)
+    _check(y, "y", (m, 3, h, w))
+    width = affine.shape[1]
+    _require(
+        width % WIDTH_MULTIPLE == 0, f"the group width must be a multiple of {WIDTH_MULTIPLE}, got {width}"
+    )
+    _require(
+        affine.dtype == torch.float32 and affine.shape == (m, width, 4) and affine.stride()[1:] == (4, 1),
+        f"affine must be rows of expand_affine's output, [{m}, {width}, 4], got {list(affine.shape)}",
+    )
+    planes = project.shape[-1]
+    _require(
+        project.dtype == torch.float32 and project.shape == (m, 3, planes) and project[0].is_contiguous(),
+        f"project must be [{m}, 3, P] float with contiguous rows, got {list(project.shape)}",
+    )
+    for col, used in ((prev_col, prev is not None), (own_col, own_col >= 0)):
+        _require(
+            not used or 0 <= col <= planes - width,
+            f"columns {col} .. {col + width - 1} outside 0 .. {planes - 1}",
+        )
+    _require(own_col >= 0 or out is not None, "group_pass needs out (the conv input) unless own_col >= 0")
     x_prev, scale, shift = prev if prev is not None else (None, None, None)
-    for t in (x_prev, out):
-        if t is not None:
-            _check(t, (torch.float32, torch.bfloat16))
+    if prev is not None:
+        _check(x_prev, "prev", (m, width, h, w), (torch.float32, torch.bfloat16))
+        _check(scale, "prev scale", (m, width))
+        _check(shift, "prev shift", (m, width))
+    if out is not None:
+        _check(out, "out", (m, width, h, w), (torch.float32, torch.bfloat16))
+    if w1x1 is not None:
+        _require(
+            w1x1.numel() == m * width * width,
+            f"w1x1 must hold [{m}, {width}, {width}], got {list(w1x1.shape)}",
+        )
+        w1x1 = w1x1.float().reshape(m, width, width).contiguous()
     failed = library().n2n_group_pass(
         _ptr(z),
         _ptr(affine),
@@ -220,7 +264,7 @@ def group_pass(
         _ptr(shift),
         _ptr(project),
         project.stride(0),
-        project.shape[-1],
+        planes,
         prev_col,
         own_col,
         _ptr(y),
@@ -231,7 +275,7 @@ def group_pass(
         int(out is not None and out.dtype == torch.bfloat16),
         m,
         width,
-        hw,
+        h * w,
     )
     if failed:
         raise MemoryError(f"group_pass: no memory for a {width} x {TILE} tile buffer")
@@ -239,8 +283,9 @@ def group_pass(
 
 def residual_(z: Tensor, y: Tensor, eps: Tensor) -> Tensor:
     """z += eps * instance_norm(y) in place: z, y [m, 3, H, W] float, eps [m] float. Returns z."""
-    for t in (z, y):
-        _check(t)
+    m, h, w = _check_images(z)
+    _check(y, "y", (m, 3, h, w))
     eps = eps.reshape(-1).float().contiguous()
-    library().n2n_residual(_ptr(z), _ptr(y), _ptr(eps), z.shape[0], z.shape[-2] * z.shape[-1])
+    _require(eps.numel() == m, f"eps must hold one value per image ({m}), got {eps.numel()}")
+    library().n2n_residual(_ptr(z), _ptr(y), _ptr(eps), m, h * w)
     return z

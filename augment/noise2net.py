@@ -186,6 +186,7 @@ def fused_res2net_step(z: Tensor, eps: Tensor, params: BlockParams, conv_dtype: 
             z, rows, params.project, y, prev, (g - 1) * width, y_init=g == 1, w1x1=w1x1, out=sp
         )
         out = sp if w1x1 is not None else _hierarchical_convs(sp, variants, conv_dtype)
+        out = out.contiguous()
         prev = (out, *cpu_kernels.norm_stats(out))
     last = (scale - 1) * width
     cpu_kernels.group_pass(

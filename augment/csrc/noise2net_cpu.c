@@ -47,15 +47,16 @@ INLINE vf expand(const float *z, int64_t hw, int64_t at, const float *a) { /* re
 void n2n_expand_affine(const float *z, const float *weight, float *affine, int64_t m, int64_t planes, int64_t hw) {
     for (int64_t i = 0; i < m; i++) {
         const float *zi = z + i * 3 * hw;
-        double mean[3], cov[3][3] = {{0}};
-        for (int c = 0; c < 3; c++) {
-            vf s = {0};
-            for (int64_t p = 0; p < hw; p += V) s += *(const vf *)(zi + c * hw + p);
-            double t = 0;
-            for (int k = 0; k < V; k++) t += s[k];
-            mean[c] = t / hw;
+        double mean[3] = {0}, cov[3][3] = {{0}};
+        for (int c = 0; c < 3; c++) { /* float partial sums per tile, double across tiles (as below) */
+            for (int64_t p0 = 0; p0 < hw; p0 += TILE) {
+                vf s = {0};
+                for (int64_t p = p0; p < MIN(hw, p0 + TILE); p += V) s += *(const vf *)(zi + c * hw + p);
+                for (int k = 0; k < V; k++) mean[c] += s[k];
+            }
+            mean[c] /= hw;
         }
-        for (int64_t p0 = 0; p0 < hw; p0 += TILE) { /* float partial sums per tile, double across tiles */
+        for (int64_t p0 = 0; p0 < hw; p0 += TILE) {
             vf s[3][3] = {{{0}}};
             for (int64_t p = p0; p < MIN(hw, p0 + TILE); p += V) {
                 vf d[3];
