@@ -26,6 +26,7 @@ import subprocess
 import tempfile
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from torch import Tensor
@@ -149,30 +150,29 @@ def _ptr(x: Tensor | None) -> int | None:
     return None if x is None else x.data_ptr()
 
 
-def _require(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(f"cpu_kernels: {message}")
+def _refuse(message: str) -> NoReturn:
+    raise ValueError(f"cpu_kernels: {message}")
 
 
 def _check(
     x: Tensor, name: str, shape: tuple[int, ...], dtypes: tuple[torch.dtype, ...] = (torch.float32,)
 ) -> None:
     """x is a contiguous CPU tensor of ``shape`` in one of ``dtypes``."""
-    _require(
-        x.device.type == "cpu" and x.dtype in dtypes and x.is_contiguous() and tuple(x.shape) == shape,
-        f"{name} must be a contiguous CPU tensor of shape {list(shape)} in {dtypes}, got {x.dtype} "
-        f"{list(x.shape)} on {x.device}{'' if x.is_contiguous() else ', not contiguous'}",
-    )
+    if not (x.device.type == "cpu" and x.dtype in dtypes and x.is_contiguous() and x.shape == shape):
+        _refuse(
+            f"{name} must be a contiguous CPU tensor of shape {list(shape)} in {dtypes}, got {x.dtype} "
+            f"{list(x.shape)} on {x.device}{'' if x.is_contiguous() else ', not contiguous'}"
+        )
 
 
 def _check_images(z: Tensor, name: str = "z") -> tuple[int, int, int]:
     """z [m, 3, H, W] float, contiguous, H * W a multiple of PIXEL_MULTIPLE; returns (m, H, W)."""
-    _require(z.dim() == 4, f"{name} must be [m, 3, H, W], got {list(z.shape)}")
+    if z.dim() != 4:
+        _refuse(f"{name} must be [m, 3, H, W], got {list(z.shape)}")
     m, _, h, w = z.shape
     _check(z, name, (m, 3, h, w))
-    _require(
-        (h * w) % PIXEL_MULTIPLE == 0, f"{name}: H * W must be a multiple of {PIXEL_MULTIPLE}, got {h * w}"
-    )
+    if h * w % PIXEL_MULTIPLE != 0:
+        _refuse(f"{name}: H * W must be a multiple of {PIXEL_MULTIPLE}, got {h * w}")
     return m, h, w
 
 
@@ -190,10 +190,12 @@ def expand_affine(z: Tensor, weight: Tensor) -> Tensor:
 def norm_stats(x: Tensor) -> tuple[Tensor, Tensor]:
     """Instance-norm statistics of x [m, C, H, W] (float or bf16, H * W a multiple of 16; eps 1e-5, biased
     variance) as (scale, shift) [m, C] float: the normalised x is x * scale + shift."""
-    _require(x.dim() == 4, f"x must be [m, C, H, W], got {list(x.shape)}")
+    if x.dim() != 4:
+        _refuse(f"x must be [m, C, H, W], got {list(x.shape)}")
     m, c, h, w = x.shape
     _check(x, "x", (m, c, h, w), (torch.float32, torch.bfloat16))
-    _require((h * w) % PIXEL_MULTIPLE == 0, f"x: H * W must be a multiple of {PIXEL_MULTIPLE}, got {h * w}")
+    if h * w % PIXEL_MULTIPLE != 0:
+        _refuse(f"x: H * W must be a multiple of {PIXEL_MULTIPLE}, got {h * w}")
     scale, shift = x.new_empty(m, c, dtype=torch.float32), x.new_empty(m, c, dtype=torch.float32)
     library().n2n_norm_stats(_ptr(x), int(x.dtype == torch.bfloat16), _ptr(scale), _ptr(shift), m, c, h * w)
     return scale, shift
@@ -223,24 +225,22 @@ def group_pass(
     m, h, w = _check_images(z)
     _check(y, "y", (m, 3, h, w))
     width = affine.shape[1]
-    _require(
-        width % WIDTH_MULTIPLE == 0, f"the group width must be a multiple of {WIDTH_MULTIPLE}, got {width}"
-    )
-    _require(
-        affine.dtype == torch.float32 and affine.shape == (m, width, 4) and affine.stride()[1:] == (4, 1),
-        f"affine must be rows of expand_affine's output, [{m}, {width}, 4], got {list(affine.shape)}",
-    )
+    if width % WIDTH_MULTIPLE != 0:
+        _refuse(f"the group width must be a multiple of {WIDTH_MULTIPLE}, got {width}")
+    if not (
+        affine.dtype == torch.float32 and affine.shape == (m, width, 4) and affine.stride()[1:] == (4, 1)
+    ):
+        _refuse(f"affine must be rows of expand_affine's output, [{m}, {width}, 4], got {list(affine.shape)}")
     planes = project.shape[-1]
-    _require(
-        project.dtype == torch.float32 and project.shape == (m, 3, planes) and project[0].is_contiguous(),
-        f"project must be [{m}, 3, P] float with contiguous rows, got {list(project.shape)}",
-    )
+    if not (
+        project.dtype == torch.float32 and project.shape == (m, 3, planes) and project[0].is_contiguous()
+    ):
+        _refuse(f"project must be [{m}, 3, P] float with contiguous rows, got {list(project.shape)}")
     for col, used in ((prev_col, prev is not None), (own_col, own_col >= 0)):
-        _require(
-            not used or 0 <= col <= planes - width,
-            f"columns {col} .. {col + width - 1} outside 0 .. {planes - 1}",
-        )
-    _require(own_col >= 0 or out is not None, "group_pass needs out (the conv input) unless own_col >= 0")
+        if not (not used or 0 <= col <= planes - width):
+            _refuse(f"columns {col} .. {col + width - 1} outside 0 .. {planes - 1}")
+    if not (own_col >= 0 or out is not None):
+        _refuse("group_pass needs out (the conv input) unless own_col >= 0")
     x_prev, scale, shift = prev if prev is not None else (None, None, None)
     if prev is not None:
         _check(x_prev, "prev", (m, width, h, w), (torch.float32, torch.bfloat16))
@@ -249,10 +249,8 @@ def group_pass(
     if out is not None:
         _check(out, "out", (m, width, h, w), (torch.float32, torch.bfloat16))
     if w1x1 is not None:
-        _require(
-            w1x1.numel() == m * width * width,
-            f"w1x1 must hold [{m}, {width}, {width}], got {list(w1x1.shape)}",
-        )
+        if w1x1.numel() != m * width * width:
+            _refuse(f"w1x1 must hold [{m}, {width}, {width}], got {list(w1x1.shape)}")
         w1x1 = w1x1.float().reshape(m, width, width).contiguous()
     failed = library().n2n_group_pass(
         _ptr(z),
@@ -286,6 +284,7 @@ def residual_(z: Tensor, y: Tensor, eps: Tensor) -> Tensor:
     m, h, w = _check_images(z)
     _check(y, "y", (m, 3, h, w))
     eps = eps.reshape(-1).float().contiguous()
-    _require(eps.numel() == m, f"eps must hold one value per image ({m}), got {eps.numel()}")
+    if eps.numel() != m:
+        _refuse(f"eps must hold one value per image ({m}), got {eps.numel()}")
     library().n2n_residual(_ptr(z), _ptr(y), _ptr(eps), m, h * w)
     return z
