@@ -27,6 +27,9 @@ from augment.images import list_images, load_images, resized_shape
 from augment.networks.edsr import downscale
 from augment.pretrain import ensure_pretrained, psnr, read_report
 from augment.preview import COLUMNS, preview
+from train.config import DataConfig
+from train.data.datamodule import ImageNetDataModule
+from train.data.folder import DataLayoutError
 
 BUDGET_S = 10.0  # test pretraining: 6 s EDSR + 4 s CAE at 32 px
 # Reconstruction tolerances reached with that budget (all perturbations off, held-out photo crops):
@@ -189,6 +192,36 @@ def test_generate_shards_resumes_and_writes_reference_layout(pretrained, image_r
     assert {stat.S_IMODE(f.stat().st_mode) for f in out.rglob("*") if f.is_file()} == {mode}
     with pytest.raises(ValueError, match="size must be a multiple of 4 and >= 12"):
         generate(image_root, tmp_path / "small", **{**kwargs, "size": 8})
+
+
+def test_generated_folders_join_the_training_set_without_copies_of_minival_images(
+    pretrained, image_root, tmp_path
+):
+    """data.extra_train=[<out>/EDSR,<out>/CAE] trains on the reference's three copies of ImageNet (clean, EDSR,
+    CAE); the copies of images held out as minival stay out of training."""
+    weights = {"edsr_weights": str(pretrained["edsr"]), "cae_weights": str(pretrained["cae"])}
+    out = tmp_path / "out"
+    generate(image_root, out, size=16, batch_size=4, workers=0, progress=False, **weights)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(sorted(p.name for p in (image_root / "train").iterdir())))
+    plain = {"name": "imagenet", "root": str(image_root), "classes": str(classes), "minival_fraction": 0.2}
+    base, minival = ImageNetDataModule(DataConfig(**plain, image_size=16), tmp_path).split
+    extra = [str(out / "EDSR"), str(out / "CAE")]
+    data = ImageNetDataModule(DataConfig(**plain, image_size=16, extra_train=extra), tmp_path)
+    train, minival_too = data.split
+    assert minival_too == minival and train[: len(base)] == base and len(minival) >= 3
+    added = train[len(base) :]
+    assert len(added) == 2 * len(base)  # every training image once per folder, no minival image
+    label = {(s.path.parent.name, s.path.name): s.target for s in base}
+    assert all(label[(s.path.parent.name, s.path.name)] == s.target for s in added)
+    assert {s.path.parents[1] for s in added} == {out / "EDSR", out / "CAE"}
+    data.setup("fit")
+    image, target, *_ = data.train_set[len(base)]  # a generated file decodes through the training transform
+    assert image.shape == (3, 16, 16) and target == added[0].target
+    with pytest.raises(DataLayoutError, match="nope does not exist"):
+        ImageNetDataModule(DataConfig(**plain, extra_train=[str(tmp_path / "nope")]), tmp_path).split  # noqa: B018
+    with pytest.raises(ValueError, match="data.extra_train adds image folders"):
+        ImageNetDataModule(DataConfig(**plain, extra_train=extra, shards=str(tmp_path)), tmp_path)
 
 
 def _umask() -> int:

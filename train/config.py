@@ -42,6 +42,9 @@ class DataConfig:
     minival_fraction: float = 0.01  # held out of train per class (deterministic), scored as "minival"
     backend: str = "torchvision"  # training decode + augmentation: "torchvision" (PIL, timm) or "dali"
     shards: str | None = None  # folder from `python -m train.shards`: train and its variants read from there
+    # more training images, <folder>/<wnid>/<file> each (python -m augment generate's <out>/EDSR, <out>/CAE);
+    # copies of minival images are left out
+    extra_train: list[str] = field(default_factory=list)
 
 
 @dataclass

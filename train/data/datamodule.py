@@ -108,6 +108,25 @@ def split_minival(samples: list[Sample], fraction: float) -> tuple[list[Sample],
     ]
 
 
+def extra_train_samples(folders: list[str], classes: list[str], minival: list[Sample]) -> list[Sample]:
+    """The images of ``folders`` (``<folder>/<wnid>/<file>``, e.g. ``python -m augment generate``'s ``EDSR/`` and
+    ``CAE/``) labelled by their wnid, less the copies of minival images (same wnid and file name): a perturbed
+    copy of a held-out image in training would leak it into the minival score."""
+    held = {(s.path.parent.name, s.path.name) for s in minival}
+    samples: list[Sample] = []
+    for folder in folders:
+        found = scan_folder(Path(folder).expanduser(), classes)
+        kept = [s for s in found if (s.path.parent.name, s.path.name) not in held]
+        log.info(
+            "data.extra_train: %d images from %s (%d copies of minival images left out)",
+            len(kept),
+            folder,
+            len(found) - len(kept),
+        )
+        samples += kept
+    return samples
+
+
 class UnpaddedShardSampler(Sampler[int]):
     """A contiguous, unpadded slice of ``range(n)`` per rank: every image is scored exactly once."""
 
@@ -142,6 +161,11 @@ class ImageNetDataModule(L.LightningDataModule):
             raise ValueError(
                 "data.backend=dali reads image folders; unset data.shards or use backend=torchvision"
             )
+        if cfg.extra_train and cfg.shards:
+            raise ValueError(
+                "data.extra_train adds image folders to a folder-read train split; unset data.shards, or write "
+                "the extra folders into the shards' train split"
+            )
         self.root = resolve_root(cfg, self.cache_dir)
         self.classes = load_classes(cfg, self.root)
         self.label_classes = label_file_classes(cfg, self.root)  # what label files index
@@ -160,7 +184,8 @@ class ImageNetDataModule(L.LightningDataModule):
             samples = self.shards.scan(self.shards.folder("train"), self.classes)
         else:
             samples = scan_folder(find_split(self.root, "train"), self.classes)
-        return split_minival(samples, self.cfg.minival_fraction)
+        train, minival = split_minival(samples, self.cfg.minival_fraction)
+        return train + extra_train_samples(list(self.cfg.extra_train), self.classes, minival), minival
 
     @property
     def train_samples(self) -> list[Sample]:
