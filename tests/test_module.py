@@ -11,6 +11,7 @@ import torch
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, TensorDataset
 
+from augment import Noise2Net
 from train.config import EmaConfig, MixupConfig, ModelConfig, OptimConfig
 from train.heads import SoftmaxHead
 from train.module import ClassifierModule
@@ -27,10 +28,12 @@ def batches(n: int, batch: int = 4) -> DataLoader:
     )
 
 
-def module(optim: OptimConfig | None = None, ema: bool = False) -> ClassifierModule:
+def module(optim: OptimConfig | None = None, ema: bool = False, augment=None) -> ClassifierModule:
     torch.manual_seed(0)
     model = ModelConfig(name="test_resnet", ema=EmaConfig(enabled=ema, decay=0.9, warmup=False))
-    return ClassifierModule(model, SoftmaxHead(), optim or OptimConfig(lr=0.05), MixupConfig(), CLASSES)
+    return ClassifierModule(
+        model, SoftmaxHead(), optim or OptimConfig(lr=0.05), MixupConfig(), CLASSES, augment=augment
+    )
 
 
 def trainer(**kwargs) -> L.Trainer:
@@ -135,3 +138,28 @@ def test_a_checkpoint_holding_the_classifier_twice_still_resumes(tmp_path: Path)
     model = module()
     trainer(max_epochs=2).fit(model, batches(2), ckpt_path=tmp_path / "old.ckpt")
     assert model.trainer.global_step == 4
+
+
+def test_training_batches_are_augmented_and_validation_batches_never():
+    """What the classifier sees: a training batch perturbed by the augmentation (Noise2Net on every image), a
+    validation batch -- sanity check, every epoch's evaluation, trainer.validate -- exactly its normalised
+    pixels."""
+    seen: list[tuple[str, torch.Tensor]] = []
+    lit = module(augment=Noise2Net(p=1.0, seed=1))
+
+    def record(classifier, args):
+        stage = "train" if lit.trainer.training else "val"
+        seen.append((stage, args[0].detach().clone()))
+
+    lit.classifier.register_forward_pre_hook(record)
+    fit = trainer(max_epochs=2, limit_train_batches=2, limit_val_batches=2, num_sanity_val_steps=1)
+    fit.fit(lit, batches(2), batches(2))
+    fit.validate(lit, batches(2))
+    loader = [(images - lit.mean) / lit.std for images, _ in batches(2)]
+    train_seen = [x for stage, x in seen if stage == "train"]
+    val_seen = [x for stage, x in seen if stage == "val"]
+    assert len(train_seen) == 4 and len(val_seen) == 1 + 2 * 2 + 2  # sanity step, two epochs, validate
+    for x in val_seen:
+        assert min(float((x - batch).abs().max()) for batch in loader) < 1e-6
+    for x in train_seen:
+        assert min(float((x - batch).abs().mean()) for batch in loader) > 0.05
