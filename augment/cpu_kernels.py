@@ -127,7 +127,7 @@ def library() -> ctypes.CDLL | None:
         return load(build(compiler, default_cache_dir() / "kernels"))
     except (RuntimeError, OSError) as err:
         warnings.warn(
-            f"Noise2Net: could not build its CPU kernels ({err}); using PyTorch ops, up to ~1.8x slower on a CPU. "
+            f"Noise2Net: could not build its CPU kernels ({err}); using PyTorch ops, up to ~1.9x slower on a CPU. "
             "Set CC to a C compiler, or pass fused_cpu=False (augment.fused_cpu=false) to silence this.",
             RuntimeWarning,
             stacklevel=2,
