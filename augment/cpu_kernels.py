@@ -74,10 +74,12 @@ def _cpu_identity() -> str:
     return flags or f"{platform.machine()} {platform.processor()} {platform.node()}"
 
 
-def build(compiler: list[str], cache_dir: Path) -> Path:
+def build(compiler: list[str], cache_dir: Path, arch_flags: tuple[str, ...] | None = None) -> Path:
     """Compile the kernels with ``compiler`` (a command and its arguments) into ``cache_dir``, or find that build
-    there; return its path. Raises RuntimeError with the compiler's first error line when the build fails."""
-    flags = (*FLAGS, *_native_flags())
+    there; return its path. ``arch_flags``: the target CPU (default: this one, ``-march=native``; the vector
+    length follows it: 16 floats with AVX-512, 8 with AVX, else 4). Raises RuntimeError with the compiler's
+    first error line when the build fails."""
+    flags = (*FLAGS, *(_native_flags() if arch_flags is None else arch_flags))
     key = hashlib.sha256(
         "\0".join([SOURCE.read_text(), *compiler, *flags, _cpu_identity()]).encode()
     ).hexdigest()

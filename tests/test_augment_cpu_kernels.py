@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import shutil
 import stat
 
@@ -11,7 +12,7 @@ import torch
 from test_augment_networks import one_thread  # noqa: F401  (autouse fixture)
 from test_augment_noise2net import kernels  # noqa: F401  (fixture)
 
-from augment import cpu_kernels
+from augment import Noise2Net, cpu_kernels
 
 pytestmark = pytest.mark.usefixtures("kernels")
 
@@ -97,3 +98,17 @@ def test_build_takes_compiler_arguments_refuses_bad_output_and_is_readable_by_al
     with pytest.raises(RuntimeError, match="true"):  # exits 0 without writing a library: not cached
         cpu_kernels.build([shutil.which("true")], tmp_path / "c")
     assert not list((tmp_path / "c").iterdir())
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="x86-64 targets")
+@pytest.mark.parametrize("target", ["-march=x86-64", "-march=x86-64-v3"])  # SSE2 (4 floats), AVX2 (8 floats)
+def test_builds_for_older_cpus_give_the_same_result(target, tmp_path, monkeypatch):
+    """The vector length follows the target (16 floats with AVX-512, 8 with AVX2, 4 with SSE2): builds for
+    older x86 CPUs, run here, agree with the PyTorch ops like this CPU's build does."""
+    lib = cpu_kernels.load(cpu_kernels.build(cpu_kernels.find_compiler(), tmp_path, (target,)))
+    monkeypatch.setattr(cpu_kernels, "library", lambda: lib)
+    x = torch.rand(3, 3, 48, 48)
+    for pass_pixels in (48 * 48, 3 * 48 * 48):  # one image per pass (lone variants), all in one pass
+        kwargs = {"p": 1.0, "seed": 4, "precision": "fp32", "cpu_pass_pixels": pass_pixels}
+        fused, ops = Noise2Net(**kwargs)(x), Noise2Net(**kwargs, fused_cpu=False)(x)
+        torch.testing.assert_close(fused, ops, atol=1e-5, rtol=0)

@@ -3,14 +3,20 @@
    calls these through augment/cpu_kernels.py, which compiles this file on first use.
 
    Layouts: images z, y [m, 3, hw] float; group tensors [m, width, hw], float or bf16 (uint16 bits, rounded to
-   nearest even); per-image weights at base + i * stride. hw must be a multiple of V and width of 8. Every
-   function loops over the m images of its sub-batch and runs on the calling thread. */
+   nearest even); per-image weights at base + i * stride. hw must be a multiple of 16 (V divides it) and width
+   of 8. Every function loops over the m images of its sub-batch and runs on the calling thread. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define V 16     /* floats per vector */
+#if defined(__AVX512F__)
+#define V 16 /* floats per vector: one register of the target (wider vectors spill and run slower) */
+#elif defined(__AVX__)
+#define V 8
+#else
+#define V 4 /* SSE, NEON */
+#endif
 #define TILE 256 /* pixels per tile: a tile of every channel stays in L1 */
 #define INLINE static inline __attribute__((always_inline))
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
