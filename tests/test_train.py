@@ -14,9 +14,12 @@ import torch
 import yaml
 from conftest import TINY, cli_env, run_train
 from PIL import Image
+from timm.data.auto_augment import AugMixAugment
 
 from evaluation.variants import VARIANTS as ALL_VARIANTS
+from train.config import DataConfig
 from train.data.benchmark import benchmark_hash
+from train.data.transforms import train_transform
 
 VARIANTS = tuple(ALL_VARIANTS)
 
@@ -148,6 +151,33 @@ def test_deepaugment_experiment_trains_and_previews(tmp_path: Path, bench_root: 
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["augment_rng_state"].dtype == torch.uint8  # replayed on resume
     assert not any(k.startswith(("augment", "edsr", "cae")) for k in ckpt["state_dict"])  # outside the model
+
+
+def test_deepaugment_with_augmix_trains(tmp_path: Path, bench_root: Path, cache_dir: Path):
+    """augment=deepaugment_augmix (the reference's best model): DeepAugment on the device, timm's AugMix in the
+    CPU-side training transform."""
+    run_dir = tmp_path / "run"
+    run_train(
+        [
+            "experiment=sigmoid_deepaug",
+            "augment=deepaugment_augmix",
+            *TINY,
+            f"data.root={bench_root}",
+            "eval=clean",
+            "logger=none",
+            "augment_pretrain.budget_s=20",  # the same pretraining as the test above: cached
+            "augment_pretrain.max_images=256",
+            f"hydra.run.dir={run_dir}",
+        ],
+        tmp_path,
+        cache_dir,
+    )
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["augment"]["_target_"] == "augment.DeepAugment"
+    assert config["data"]["auto_augment"] == "augmix-m3-w3-d1"
+    steps = train_transform(DataConfig(**config["data"])).transforms[0].transforms
+    assert any(isinstance(step, AugMixAugment) for step in steps)
+    assert (run_dir / "metrics.json").is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_last_checkpoint_without_an_evaluation_and_no_best_without_minival(
