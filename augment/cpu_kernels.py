@@ -33,7 +33,6 @@ from torch import Tensor
 
 SOURCE = Path(__file__).with_name("csrc") / "noise2net_cpu.c"
 PIXEL_MULTIPLE = 16  # the kernels' vector length: H * W must be a multiple of it
-TILE = 256  # pixels per tile of the 1x1 conv (noise2net_cpu.c)
 WIDTH_MULTIPLE = 8  # a 1x1 conv is computed 8 output channels at a time
 FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC")
 BUILD_TIMEOUT_S = 120
@@ -278,7 +277,7 @@ def group_pass(
         h * w,
     )
     if failed:
-        raise MemoryError(f"group_pass: no memory for a {width} x {TILE} tile buffer")
+        raise MemoryError(f"group_pass: no memory for the 1x1 conv's tile buffer ({width} channels)")
 
 
 def residual_(z: Tensor, y: Tensor, eps: Tensor) -> Tensor:

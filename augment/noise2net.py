@@ -122,11 +122,8 @@ def _hierarchical_convs(x: Tensor, variants: list[ConvGroup], conv_dtype: torch.
     if len(variants) == 1:
         _, weight, dilation = variants[0]
         return _hierarchical_conv(x, weight, dilation, conv_dtype)
-    for (
-        rows,
-        weight,
-        dilation,
-    ) in variants:  # disjoint rows: writing one variant's never changes another's input
+    # disjoint rows: writing one variant's never changes another's input
+    for rows, weight, dilation in variants:
         x.index_copy_(0, rows, _hierarchical_conv(x.index_select(0, rows), weight, dilation, conv_dtype))
     return x
 
@@ -275,10 +272,9 @@ class Noise2Net(RandomAugmentation):
         z = (x - self.mean) / self.std
         blocks = [self.sample_block(m, z) for _ in range(self.num_blocks)]
         cpu = z.device.type == "cpu"
+        # the kernels are built here (library()), before any sub-batch thread needs them
         fused = cpu and self.fused_cpu and cpu_kernels.supported(z, self.hidden_planes)
-        fused = (
-            fused and cpu_kernels.library() is not None
-        )  # built here, before any sub-batch thread needs it
+        fused = fused and cpu_kernels.library() is not None
         passes = thread_balanced_parts(m, self.cpu_pass_pixels // (h * w)) if cpu else [(0, m)]
         if len(passes) == 1:
             return self._to_pixels(self._apply_blocks(z, eps, blocks, fused))
