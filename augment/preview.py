@@ -1,41 +1,53 @@
-"""A PNG grid to look at the augmentations: one row per image, columns clean | EDSR | CAE | Noise2Net."""
+"""A PNG grid to look at the augmentations: one row per image, a column per augmentation after the clean one."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
+from torch import nn
 
 from augment.deepaugment import DeepAugment
 from augment.images import list_images, load_images
 from augment.noise2net import Noise2Net
 
-COLUMNS = ("clean", "EDSR", "CAE", "Noise2Net")
+CLEAN = "clean"
 
 
-def preview_grid(
-    images: torch.Tensor,
+def reference_columns(
     edsr_weights: str,
     cae_weights: str,
     seed: int = 0,
     edsr_size: int | None = None,
     cae_size: int | None = None,
-) -> torch.Tensor:
-    """images [n, 3, S, S] in [0, 1] -> [n, 4, 3, S, S]: clean, EDSR, CAE and Noise2Net versions of each
-    (``edsr_size`` and ``cae_size`` as in :class:`DeepAugment`)."""
+) -> dict[str, nn.Module]:
+    """EDSR, CAE and Noise2Net, each on every image, one network per image (``edsr_size`` and
+    ``cae_size`` as in :class:`DeepAugment`, everything else at the reference's defaults)."""
     common = {"images_per_network": 1, "seed": seed, "edsr_size": edsr_size, "cae_size": cae_size}
-    edsr = DeepAugment(edsr_weights, cae_weights, p_edsr=1.0, p_cae=0.0, **common)
-    cae = DeepAugment(edsr_weights, cae_weights, p_edsr=0.0, p_cae=1.0, **common)
-    noise2net = Noise2Net(p=1.0, seed=seed)
-    return torch.stack([images, edsr(images), cae(images), noise2net(images)], dim=1)
+    return {
+        "EDSR": DeepAugment(edsr_weights, cae_weights, p_edsr=1.0, p_cae=0.0, **common),
+        "CAE": DeepAugment(edsr_weights, cae_weights, p_edsr=0.0, p_cae=1.0, **common),
+        "Noise2Net": Noise2Net(p=1.0, seed=seed),
+    }
 
 
-def save_grid(grid: torch.Tensor, path: Path, cell: int = 128) -> None:
-    """Write [n, k, 3, S, S] in [0, 1] as a PNG of n rows and k labelled columns, cells scaled to ``cell`` px."""
+def preview_grid(images: torch.Tensor, columns: Mapping[str, nn.Module]) -> torch.Tensor:
+    """images [n, 3, S, S] in [0, 1] -> [n, 1 + len(columns), 3, S, S]: the clean images, then each
+    column's augmentation of them."""
+    with torch.no_grad():
+        return torch.stack([images, *(augment(images) for augment in columns.values())], dim=1)
+
+
+def save_grid(grid: torch.Tensor, names: Sequence[str], path: Path, cell: int = 128) -> None:
+    """Write [n, k, 3, S, S] in [0, 1] as a PNG of n rows and k columns headed by ``names``, cells scaled to
+    ``cell`` px."""
     n, k = grid.shape[:2]
+    if len(names) != k:
+        raise ValueError(f"save_grid: {k} columns need {k} names, got {list(names)}")
     cells = F.interpolate(grid.flatten(0, 1), size=(cell, cell), mode="nearest")
     array = (cells.clamp(0, 1) * 255).round().to(torch.uint8).view(n, k, 3, cell, cell)
     array = array.permute(0, 3, 1, 4, 2).reshape(n * cell, k * cell, 3).numpy()
@@ -43,7 +55,7 @@ def save_grid(grid: torch.Tensor, path: Path, cell: int = 128) -> None:
     canvas = Image.new("RGB", (k * cell, n * cell + header), "white")
     canvas.paste(Image.fromarray(np.ascontiguousarray(array)), (0, header))
     draw = ImageDraw.Draw(canvas)
-    for j, name in enumerate(COLUMNS[:k]):
+    for j, name in enumerate(names):
         draw.text((j * cell + 4, 2), name, fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
@@ -70,11 +82,13 @@ def preview(
     edsr_size: int | None = None,
     cae_size: int | None = None,
 ) -> Path:
-    """Write the grid for ``n`` images spread over the classes of ``data_root/split`` to ``out``; returns ``out``."""
+    """Write the clean | EDSR | CAE | Noise2Net grid for ``n`` images spread over the classes of
+    ``data_root/split`` to ``out``; returns ``out``."""
     out = Path(out).expanduser()
     check_options(out, n, image_size, cell)
     files = list_images(Path(data_root).expanduser() / split)
     step = max(1, len(files) // n)
     images = load_images(files[::step][:n], image_size).float() / 255
-    save_grid(preview_grid(images, edsr_weights, cae_weights, seed, edsr_size, cae_size), out, cell)
+    columns = reference_columns(edsr_weights, cae_weights, seed, edsr_size, cae_size)
+    save_grid(preview_grid(images, columns), [CLEAN, *columns], out, cell)
     return out

@@ -15,18 +15,20 @@ import pytest
 import skimage.data
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from PIL import Image
 from test_augment_networks import one_thread  # noqa: F401  (autouse fixture)
 
 import augment.pretrain
-from augment import CAE, EDSR, DeepAugment
+from augment import CAE, EDSR, DeepAugment, Noise2Net
 from augment.__main__ import main
 from augment.base import has_fast_bf16
 from augment.generate import _seed, generate, shard_files
 from augment.images import list_images, load_images, resized_shape
 from augment.networks.edsr import downscale
 from augment.pretrain import ensure_pretrained, psnr, read_report
-from augment.preview import COLUMNS, preview
+from augment.preview import preview
+from train.augmentation import write_preview
 from train.config import DataConfig
 from train.data.datamodule import ImageNetDataModule
 from train.data.folder import DataLayoutError
@@ -250,13 +252,54 @@ def test_generate_skips_and_names_unreadable_images(pretrained, image_root, tmp_
     assert _seed(1, 0, "EDSR") != _seed(0, 1, "EDSR") != _seed(0, 1, "CAE")  # distinct streams per shard
 
 
+def test_a_runs_preview_shows_its_own_augmentations_with_its_settings(pretrained, tmp_path):
+    """The grid a training run writes at its start: clean, then one column per augmentation the run
+    configures (a route it never takes left out), each equal to that augmentation built independently
+    with the run's settings on every image."""
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    weights = {"edsr_weights": str(pretrained["edsr"]), "cae_weights": str(pretrained["cae"])}
+    noise2net = {"_target_": "augment.Noise2Net", "p": 0.5, "max_eps": 0.3, "seed": 5}
+    cae_only = {
+        "_target_": "augment.DeepAugment",
+        **weights,
+        "p_edsr": 0.0,
+        "p_cae": 0.5,
+        "cae_size": 16,
+        "seed": 3,
+    }
+    expected = {
+        "clean": images,
+        "CAE": DeepAugment(**weights, p_edsr=0.0, p_cae=1.0, cae_size=16, images_per_network=1, seed=3)(
+            images
+        ),
+        "Noise2Net": Noise2Net(p=1.0, max_eps=0.3, seed=5)(images),
+    }
+    configs = {
+        ("clean", "Noise2Net"): noise2net,
+        ("clean", "CAE", "Noise2Net"): {
+            "_target_": "train.augmentation.Chain",
+            "steps": [cae_only, noise2net],
+        },
+    }
+    for names, cfg in configs.items():
+        path = write_preview(OmegaConf.create(cfg), images, tmp_path / "preview.png")
+        with Image.open(path) as img:
+            grid = np.asarray(img.convert("RGB")).astype(int)
+        assert grid.shape == (16 + 2 * 128, len(names) * 128, 3)
+        for j, name in enumerate(names):  # 32 px images drawn in 128 px cells: every 4th pixel is one pixel
+            cells = grid[16:, j * 128 : (j + 1) * 128][::4, ::4]
+            want = (expected[name].clamp(0, 1) * 255).round().permute(0, 2, 3, 1).reshape(64, 32, 3)
+            assert np.array_equal(cells, want.numpy().astype(int)), name
+    assert write_preview(OmegaConf.create({}), images, tmp_path / "none.png") is None
+
+
 def test_preview_grid_and_cli(pretrained, image_root, tmp_path, capsys):
     weights = [f"edsr_weights={pretrained['edsr']}", f"cae_weights={pretrained['cae']}"]
     out = preview(
         image_root, tmp_path / "p.png", str(pretrained["edsr"]), str(pretrained["cae"]), n=3, cell=32
     )
     with Image.open(out) as img:
-        assert img.size == (len(COLUMNS) * 32, 3 * 32 + 16)
+        assert img.size == (4 * 32, 3 * 32 + 16)  # clean | EDSR | CAE | Noise2Net
         grid = np.asarray(img.convert("RGB"))
     first = load_images(list_images(image_root / "train")[:1], 64)[0].permute(1, 2, 0).numpy()
     assert np.abs(grid[16:48, :32].astype(int) - first[::2, ::2].astype(int)).max() <= 1  # clean column

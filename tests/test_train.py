@@ -146,8 +146,8 @@ def test_deepaugment_experiment_trains_and_previews(tmp_path: Path, bench_root: 
     log = (run_dir / "__main__.log").read_text()  # 32 px: the CAE's blocky regime is named, with the fix
     assert "the CAE runs at 32 px, where its output is visibly blocky" in log and "augment.cae_size=64" in log
     assert json.loads((run_dir / "metrics.json").read_text())["experiment"] == "sigmoid_deepaug"
-    with Image.open(run_dir / "plots" / "augment_preview.png") as preview:  # clean | EDSR | CAE | Noise2Net
-        assert preview.width == 4 * 128 and preview.height > 8 * 128
+    with Image.open(run_dir / "plots" / "augment_preview.png") as preview:  # clean | EDSR | CAE: what it runs
+        assert preview.width == 3 * 128 and preview.height > 8 * 128
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["augment_rng_state"].dtype == torch.uint8  # replayed on resume
     assert not any(k.startswith(("augment", "edsr", "cae")) for k in ckpt["state_dict"])  # outside the model

@@ -12,7 +12,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -21,12 +20,13 @@ from torch import Tensor, nn
 from augment import DeepAugment, ensure_pretrained
 from augment.deepaugment import check_route_probabilities
 from augment.pretrain import CACHE_SUBDIR
-from augment.preview import preview_grid, save_grid
+from augment.preview import CLEAN, preview_grid, save_grid
 from train.config import AugmentPretrainConfig
 
 log = logging.getLogger(__name__)
 BLOCKY_CAE_SIZE = 64  # below it the CAE shows its 8 px latent cells (seen at 32 px on the benchmark)
 DEEPAUGMENT = "augment.DeepAugment"
+NOISE2NET = "augment.Noise2Net"
 
 
 class Chain(nn.Module):
@@ -50,14 +50,19 @@ class Chain(nn.Module):
             step.set_rng_state(state)
 
 
+def augment_nodes(node: Any, targets: tuple[str, ...] = (DEEPAUGMENT, NOISE2NET)) -> list[DictConfig]:
+    """Every node of a (nested) augment config whose ``_target_`` is one of ``targets``, in order."""
+    if isinstance(node, DictConfig):
+        found = [node] if node.get("_target_") in targets else []
+        return found + [n for value in node.values() for n in augment_nodes(value, targets)]
+    if OmegaConf.is_list(node):
+        return [n for value in node for n in augment_nodes(value, targets)]
+    return []
+
+
 def deepaugment_nodes(node: Any) -> list[DictConfig]:
     """Every ``augment.DeepAugment`` node in a (nested) augment config."""
-    if isinstance(node, DictConfig):
-        found = [node] if node.get("_target_") == DEEPAUGMENT else []
-        return found + [n for value in node.values() for n in deepaugment_nodes(value)]
-    if OmegaConf.is_list(node):
-        return [n for value in node for n in deepaugment_nodes(value)]
-    return []
+    return augment_nodes(node, (DEEPAUGMENT,))
 
 
 def check_augment_args(node: Any) -> None:
@@ -132,15 +137,33 @@ def build_augment(
     return instantiate(cfg, _convert_="all"), cfg
 
 
-def write_preview(cfg: DictConfig, images: Tensor, path: Path, seed: int) -> Path | None:
-    """The clean | EDSR | CAE | Noise2Net grid of ``images`` [n,3,H,W] in [0,1] when DeepAugment is
-    configured (``cfg`` as returned by :func:`build_augment`); None otherwise."""
-    nodes = deepaugment_nodes(cfg)
-    if not nodes:
+def preview_columns(cfg: DictConfig) -> dict[str, nn.Module]:
+    """The run's own augmentations, one per column, each on every image with the run's settings: EDSR and
+    CAE for a DeepAugment node (one network per image; a path the run never routes to is left out) and
+    Noise2Net. ``cfg`` as returned by :func:`build_augment` (weight paths filled in)."""
+    columns: dict[str, nn.Module] = {}
+
+    def add(name: str, node: DictConfig, **overrides: Any) -> None:
+        taken = sum(key.split()[0] == name for key in columns)  # a chain may hold a step twice
+        columns[f"{name} {taken + 1}" if taken else name] = instantiate(node, **overrides, _convert_="all")
+
+    defaults = inspect.signature(DeepAugment).parameters
+    for node in augment_nodes(cfg):
+        if node["_target_"] == NOISE2NET:
+            add("Noise2Net", node, p=1.0)
+            continue
+        for name, route in (("EDSR", "p_edsr"), ("CAE", "p_cae")):
+            if node.get(route, defaults[route].default) > 0:
+                other = "p_cae" if route == "p_edsr" else "p_edsr"
+                add(name, node, images_per_network=1, **{route: 1.0, other: 0.0})
+    return columns
+
+
+def write_preview(cfg: DictConfig, images: Tensor, path: Path) -> Path | None:
+    """Write the clean | <each of the run's augmentations> grid of ``images`` [n,3,H,W] in [0,1] to ``path``
+    (see :func:`preview_columns`); None for a run without DeepAugment or Noise2Net."""
+    columns = preview_columns(cfg)
+    if not columns:
         return None
-    with torch.no_grad():
-        node = nodes[0]
-        sizes = {key: node.get(key) for key in ("edsr_size", "cae_size")}  # the run's working sizes
-        grid = preview_grid(images, node.edsr_weights, node.cae_weights, seed=seed, **sizes)
-    save_grid(grid, path)
+    save_grid(preview_grid(images, columns), [CLEAN, *columns], path)
     return path

@@ -199,7 +199,6 @@ def run(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> dict[str
             augment_cfg,
             preview_images(data, conf.data.image_size),
             run_dir / "plots" / "augment_preview.png",
-            seed=conf.seed,
         )
         if preview is not None and isinstance(logger, WandbLogger):
             logger.log_image(key="plots/augment_preview", images=[str(preview)])
