@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 import submitit
 import timm
 import torch
-from conftest import REPO, TINY, cli_env
+from conftest import REPO, TINY, cli_env, run_train
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins import TorchSyncBatchNorm
@@ -29,9 +30,11 @@ from test_train import leet_summary
 from timm.models.vision_transformer import Block
 
 from augment import Noise2Net
+from augment.base import RandomAugmentation
 from train.__main__ import CONFIG_DIR
+from train.augmentation import build_augment
 from train.cluster import build_strategy, resume_checkpoint
-from train.config import Config, OptimConfig, register_configs
+from train.config import AugmentPretrainConfig, Config, OptimConfig, register_configs
 from train.heads import create_head
 from train.loggers import restore_wandb_environment, wandb_environment
 from train.module import ClassifierModule
@@ -39,6 +42,7 @@ from train.run_dir import OutputDirError, check_run_dir
 from train.scale import scaled_optim
 
 GRID = ("softmax_baseline", "sigmoid_baseline")
+AUGMENT_PRETRAIN = ["augment_pretrain.budget_s=20", "augment_pretrain.max_images=256"]  # as test_train's
 BASE_LR, BASE_BATCH = 0.05, 16  # TINY's lr at 16 images: 2 processes x 16 double it
 
 
@@ -54,7 +58,8 @@ def offline_runs(run_dir: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory: pytest.TempPathFactory, bench_root: Path, cache_dir: Path):
-    """``python -m train -m experiment=a,b trainer=ddp_cpu``: two tiny jobs, two processes each."""
+    """``python -m train -m experiment=a,b trainer=ddp_cpu``: two tiny jobs, two processes each, with DeepAugment
+    and Noise2Net (whose networks would fail DDP's unused-parameter check if the classifier held them)."""
     sweep = tmp_path_factory.mktemp("grid") / "sweep"
     proc = subprocess.run(
         [
@@ -67,7 +72,8 @@ def grid(tmp_path_factory: pytest.TempPathFactory, bench_root: Path, cache_dir: 
             f"data.root={bench_root}",
             "trainer=ddp_cpu",
             "eval=clean",
-            "augment=noise2net",
+            "augment=deepaugment_noise2net",  # networks with parameters, outside what DDP reduces
+            *AUGMENT_PRETRAIN,
             "optim.lr_scaling=linear",
             f"optim.lr_base_batch={BASE_BATCH}",
             f"optim.lr={BASE_LR}",
@@ -134,18 +140,51 @@ def test_global_batch_is_printed_and_the_linear_rule_scales_lr(grid):
     assert ckpt["lr_schedulers"][0]["base_values"] == [pytest.approx(lr)] * 2
 
 
-def test_ddp_checkpoint_keeps_each_ranks_own_augmentation_stream(grid):
+def replayed_streams(job: Path, cache_dir: Path, batches: int) -> list[list[torch.Tensor]]:
+    """Each rank's augmentation state after ``batches`` training batches of 16 at 32 px, replayed outside the
+    run: the job's augment config built anew (its cached networks), re-seeded with seed + rank as ranks are."""
+    config = OmegaConf.load(job / "config.yaml")
+    train_root = Path(config.data.root) / "train"
+    states = []
+    for rank in (0, 1):
+        augment, _ = build_augment(
+            config.augment, train_root, cache_dir, 32, OmegaConf.structured(AugmentPretrainConfig(20, 256))
+        )
+        for part in augment.modules():
+            if isinstance(part, RandomAugmentation):
+                part.reseed(part.seed + rank)
+        for _ in range(batches):
+            augment(torch.rand(16, 3, 32, 32))
+        states.append(augment.get_rng_state())
+    return states
+
+
+def assert_streams_equal(saved: list[list[torch.Tensor]], replayed: list[list[torch.Tensor]]) -> None:
+    assert len(saved) == len(replayed) == 2
+    for rank, (a, b) in enumerate(zip(saved, replayed, strict=True)):
+        assert len(a) == len(b) == 2 and all(torch.equal(x, y) for x, y in zip(a, b, strict=True)), rank
+
+
+def test_ddp_checkpoint_keeps_each_ranks_own_augmentation_stream(grid, cache_dir: Path):
     sweep, _ = grid
-    ckpt = torch.load(
-        sweep / f"1_{GRID[1]}" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False
-    )
-    states = ckpt["augment_rng_states_by_rank"]
-    assert len(states) == 2 and not torch.equal(states[0], states[1])
-    for rank in (0, 1):  # replay: seed + rank, one draw per training batch of 16 (3 batches)
-        replay = Noise2Net(seed=0 + rank)
-        for _ in range(3):
-            replay(torch.rand(16, 3, 32, 32))
-        assert torch.equal(replay.get_rng_state(), states[rank]), rank
+    job = sweep / f"1_{GRID[1]}"
+    states = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)[
+        "augment_rng_states_by_rank"
+    ]
+    assert not any(torch.equal(a, b) for a, b in zip(*states, strict=True))  # ranks draw differently
+    assert_streams_equal(states, replayed_streams(job, cache_dir, batches=3))  # one draw per batch
+
+
+def test_a_resumed_ddp_run_continues_each_ranks_augmentation_stream(grid, tmp_path: Path, cache_dir: Path):
+    """Resumed for a second epoch, each of the two processes goes on from the state it saved (not from rank
+    0's, not from seed + rank): the checkpoint then holds each rank's stream after 6 batches."""
+    sweep, _ = grid
+    job = tmp_path / "job"
+    shutil.copytree(sweep / f"1_{GRID[1]}", job, symlinks=True)
+    run_train([f"resume={job}", "trainer.max_epochs=2"], REPO, cache_dir, timeout=900)
+    ckpt = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 6
+    assert_streams_equal(ckpt["augment_rng_states_by_rank"], replayed_streams(job, cache_dir, batches=6))
 
 
 STUB_SCONTROL = """#!/bin/sh
