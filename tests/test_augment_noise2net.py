@@ -144,6 +144,13 @@ def test_fused_cpu_matches_pytorch_ops_and_falls_back_where_it_cannot_run(kernel
     torch.testing.assert_close(
         Noise2Net(**one_per_pass)(x64), Noise2Net(**one_per_pass, fused_cpu=False)(x64), atol=1e-5, rtol=0
     )
+    nan = x.clone()
+    nan[0, 1, 10, 10] = float(
+        "nan"
+    )  # spreads over its image through the norms in both: the kernels' ReLU keeps NaN
+    fused, ops = (Noise2Net(p=1.0, seed=5, precision="fp32", fused_cpu=f)(nan) for f in (True, False))
+    assert fused[0].isnan().all() and ops[0].isnan().all()
+    torch.testing.assert_close(fused[1:], ops[1:], atol=1e-5, rtol=0)
     odd = torch.rand(3, 3, 10, 9)  # H * W = 90: not a multiple of 16, PyTorch ops
     assert torch.equal(Noise2Net(seed=1)(odd), Noise2Net(seed=1, fused_cpu=False)(odd))
     monkeypatch.setenv("CC", "no-such-cc")

@@ -41,7 +41,7 @@ INLINE void store(void *base, int bf16, int64_t at, vf x) {
     *(vh *)((uint16_t *)base + at) = __builtin_convertvector(u >> 16, vh);
 }
 
-INLINE vf relu(vf x) { return (vf)((vu)x & (vu)(x > 0)); }
+INLINE vf relu(vf x) { return (vf)((vu)x & ~(vu)(x < 0)); } /* NaN stays NaN, like torch.relu */
 
 INLINE vf expand(const float *z, int64_t hw, int64_t at, const float *a) { /* relu(a . [z; 1]) at pixels at.. */
     return relu(a[0] * *(const vf *)(z + at) + a[1] * *(const vf *)(z + hw + at) + a[2] * *(const vf *)(z + 2 * hw + at) +
@@ -177,7 +177,7 @@ void n2n_norm_stats(const void *x, int x_bf16, float *scale, float *shift, int64
             }
         }
         const double mean = s / hw, var = ss / hw - mean * mean;
-        scale[ic] = (float)(1.0 / sqrt((var > 0 ? var : 0) + 1e-5));
+        scale[ic] = (float)(1.0 / sqrt((var < 0 ? 0 : var) + 1e-5)); /* rounding below 0 clamped, NaN kept */
         shift[ic] = (float)-mean * scale[ic];
     }
 }
