@@ -9,16 +9,20 @@ import json
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import submitit
 import timm
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from conftest import REPO, TINY, cli_env, run_train
 from hydra import compose, initialize_config_dir
 from lightning.pytorch.loggers import WandbLogger
@@ -29,10 +33,10 @@ from test_evaluation_cli import run_eval
 from test_train import leet_summary
 from timm.models.vision_transformer import Block
 
-from augment import Noise2Net
+from augment import CAE, EDSR, DeepAugment, Noise2Net
 from augment.base import RandomAugmentation
 from train.__main__ import CONFIG_DIR
-from train.augmentation import build_augment
+from train.augmentation import Chain, build_augment, share_networks
 from train.cluster import build_strategy, resume_checkpoint
 from train.config import AugmentPretrainConfig, Config, OptimConfig, register_configs
 from train.heads import create_head
@@ -185,6 +189,49 @@ def test_a_resumed_ddp_run_continues_each_ranks_augmentation_stream(grid, tmp_pa
     ckpt = torch.load(job / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 6
     assert_streams_equal(ckpt["augment_rng_states_by_rank"], replayed_streams(job, cache_dir, batches=6))
+
+
+def share_on_rank(rank: int, root: Path, port: int) -> None:
+    """One of two gloo processes: build DeepAugment from this rank's own networks, take rank 0's."""
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=timedelta(seconds=120)
+    )  # a collective that cannot complete fails instead of hanging the suite
+    try:
+        aug = DeepAugment(str(root / f"edsr{rank}.pt"), str(root / f"cae{rank}.state"), seed=rank)
+
+        def broadcast(obj):
+            box = [obj]
+            dist.broadcast_object_list(box, src=0)
+            return box[0]
+
+        replaced = share_networks(Chain([aug]), broadcast)
+        torch.save({"replaced": replaced, "edsr": aug.edsr.state_dict(), "cae": aug.cae.state_dict()},
+                   root / f"rank{rank}.pt")  # fmt: skip
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_ranks_take_rank_0s_deepaugment_networks(tmp_path: Path):
+    """Two processes whose caches hold different networks (nodes that pretrained their own) end with rank 0's."""
+    for rank in (0, 1):
+        torch.manual_seed(rank)
+        torch.save(EDSR().state_dict(), tmp_path / f"edsr{rank}.pt")
+        torch.save(CAE().state_dict(), tmp_path / f"cae{rank}.state")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.start_processes(share_on_rank, args=(tmp_path, port), nprocs=2, start_method="spawn")
+    first, second = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert first["replaced"] == [] and second["replaced"] == ["steps.0.edsr", "steps.0.cae"]
+    for net, file in (("edsr", "edsr0.pt"), ("cae", "cae0.state")):
+        saved = torch.load(tmp_path / file, weights_only=True)
+        assert not all(
+            torch.equal(saved[k], v)
+            for k, v in torch.load(tmp_path / file.replace("0", "1"), weights_only=True).items()
+        )
+        assert all(
+            torch.equal(second[net][k], saved[k]) and torch.equal(first[net][k], saved[k]) for k in saved
+        ), net
 
 
 STUB_SCONTROL = """#!/bin/sh

@@ -9,9 +9,11 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -135,6 +137,27 @@ def build_augment(
             node.edsr_weights = node.edsr_weights or str(paths["edsr"])
             node.cae_weights = node.cae_weights or str(paths["cae"])
     return instantiate(cfg, _convert_="all"), cfg
+
+
+def share_networks(augment: nn.Module, broadcast: Callable[[Any], Any]) -> list[str]:
+    """Give this DDP rank rank 0's DeepAugment networks. Ranks whose nodes keep their own cache pretrain their
+    own networks (time-budgeted, so not the same weights); this makes the run use one set. ``broadcast(obj)``
+    returns rank 0's ``obj`` on every rank (Lightning's ``strategy.broadcast``); every rank must call this.
+    Returns the networks this rank replaced, e.g. ``['edsr', 'cae']`` (``steps.0.edsr`` in a chain)."""
+    replaced = []
+    for name, part in augment.named_modules():
+        if not isinstance(part, DeepAugment):
+            continue
+        for key in ("edsr", "cae"):
+            net = getattr(part, key)
+            if net is None:
+                continue
+            own = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+            first = broadcast(own)
+            if any(not torch.equal(own[k], first[k]) for k in own):
+                net.load_state_dict(first)
+                replaced.append(f"{name}.{key}" if name else key)
+    return replaced
 
 
 def preview_columns(cfg: DictConfig) -> dict[str, nn.Module]:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from augment.base import RandomAugmentation
 from evaluation.distributed import gather_objects
+from train.augmentation import share_networks
 from train.config import MixupConfig, ModelConfig, OptimConfig
 from train.heads import SigmoidHead, SoftmaxHead
 
@@ -142,12 +143,21 @@ class ClassifierModule(L.LightningModule):
 
     # --- training ------------------------------------------------------------------------------
     def on_fit_start(self) -> None:
-        """Move the augmentation to the device; give each DDP rank its own stream (seed + rank);
-        then restore a resumed run's augmentation state (device generators exist only now)."""
+        """Move the augmentation to the device; under DDP give every rank rank 0's DeepAugment networks and
+        its own stream (seed + rank); then restore a resumed run's augmentation state (device generators
+        exist only now)."""
         if self.augment is None:
             return
         self.augment.to(self.device)
         if self.trainer.world_size > 1:
+            replaced = share_networks(self.augment, self.trainer.strategy.broadcast)
+            if replaced:
+                log.warning(
+                    "rank %d: DeepAugment networks %s differed from rank 0's (this node's cache pretrained its "
+                    "own); using rank 0's. A shared SIGROB_CACHE_DIR or augment.edsr_weights/cae_weights avoid it",
+                    self.trainer.global_rank,
+                    replaced,
+                )
             for part in self.augment.modules():
                 if isinstance(part, RandomAugmentation):
                     part.reseed(part.seed + self.trainer.global_rank)
