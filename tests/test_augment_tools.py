@@ -28,7 +28,7 @@ from augment.images import list_images, load_images, resized_shape
 from augment.networks.edsr import downscale
 from augment.pretrain import ensure_pretrained, psnr, read_report
 from augment.preview import preview
-from train.augmentation import write_preview
+from train.augmentation import preview_columns, write_preview
 from train.config import DataConfig
 from train.data.datamodule import ImageNetDataModule
 from train.data.folder import DataLayoutError
@@ -291,6 +291,8 @@ def test_a_runs_preview_shows_its_own_augmentations_with_its_settings(pretrained
             want = (expected[name].clamp(0, 1) * 255).round().permute(0, 2, 3, 1).reshape(64, 32, 3)
             assert np.array_equal(cells, want.numpy().astype(int)), name
     assert write_preview(OmegaConf.create({}), images, tmp_path / "none.png") is None
+    twice = {"_target_": "train.augmentation.Chain", "steps": [noise2net, {**noise2net, "max_eps": 0.1}]}
+    assert list(preview_columns(OmegaConf.create(twice))) == ["Noise2Net", "Noise2Net 2"]
 
 
 def test_preview_grid_and_cli(pretrained, image_root, tmp_path, capsys):
