@@ -7,8 +7,8 @@ with :class:`augment.DeepAugment` (one network per ``images_per_network`` images
 perturbations). Work is split into ``num_shards`` shards by class (as the reference splits classes over GPUs)
 or by file; run one process per shard. Finished files are skipped, so an interrupted run resumes; every file is
 written to a temp file and renamed. ``<out>/generate.json`` records the settings that shape the outputs (size,
-networks, images per network); a run into the same ``out`` with other settings is refused, so one folder never
-mixes two. A resumed shard restarts its generators: its remaining files get other draws than an uninterrupted
+images per network, the networks' sha256); a run into the same ``out`` with other settings is refused, so one
+folder never mixes two. A resumed shard restarts its generators: its remaining files get other draws than an uninterrupted
 run would have given them. Unreadable source images are skipped, counted and named in a warning.
 """
 
@@ -77,8 +77,18 @@ def check_options(size: int = 512, batch_size: int = 16, workers: int = 2) -> No
         )
 
 
-def _check_manifest(out: Path, settings: dict) -> None:
-    """Write ``settings`` to ``out/generate.json``, or raise if it holds different ones."""
+def file_digest(path: Path | str) -> str:
+    """sha256 of a file's bytes (hex): what a network file holds, wherever it lies."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_manifest(out: Path, settings: dict, info: dict) -> None:
+    """Write ``settings`` (and ``info``, recorded but not compared) to ``out/generate.json``, or raise if it holds
+    different settings."""
     path = out / MANIFEST
     if path.is_file():
         recorded = json.loads(path.read_text())
@@ -89,7 +99,7 @@ def _check_manifest(out: Path, settings: dict) -> None:
                 f"out={out} holds images generated with other settings ({diff}); use another out= or the same settings"
             )
         return
-    write_atomic(lambda tmp: Path(tmp).write_text(json.dumps(settings, indent=2)), path)
+    write_atomic(lambda tmp: Path(tmp).write_text(json.dumps({**settings, **info}, indent=2)), path)
 
 
 def _seed(seed: int, shard: int, network: str) -> int:
@@ -132,11 +142,15 @@ def generate(
         )
         for p, name in ((1.0, "EDSR"), (0.0, "CAE"))
     ]
-    weights = {
-        "edsr_weights": str(Path(edsr_weights).expanduser().resolve()),
-        "cae_weights": str(Path(cae_weights).expanduser().resolve()),
-    }
-    _check_manifest(out, {"size": size, "images_per_network": images_per_network, **weights})
+    paths = {"edsr_weights": Path(edsr_weights).expanduser(), "cae_weights": Path(cae_weights).expanduser()}
+    # the networks by content: shards on nodes that pretrained their own (same cache path, other weights)
+    # are refused, copies of one file under other paths are not
+    networks = {f"{key}_sha256": file_digest(path) for key, path in paths.items()}
+    _check_manifest(
+        out,
+        {"size": size, "images_per_network": images_per_network, **networks},
+        {key: str(path.resolve()) for key, path in paths.items()},
+    )
     targets = {f: [out / d / f.parent.name / f.name for d in OUTPUT_DIRS] for f in files}
     todo = [f for f in files if not all(t.is_file() for t in targets[f])]
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import re
@@ -190,6 +192,17 @@ def test_generate_shards_resumes_and_writes_reference_layout(pretrained, image_r
     assert generate(image_root, out, shard=1, num_shards=2, **kwargs)["written"] == 1
     with pytest.raises(ValueError, match="size=16 there, 20 now"):  # one folder never mixes two settings
         generate(image_root, out, **{**kwargs, "size": 20})
+    copy = tmp_path / "elsewhere" / "edsr_baseline_x4.pt"  # the same network under another path is the same
+    copy.parent.mkdir()
+    shutil.copy(weights["edsr_weights"], copy)
+    assert generate(image_root, out, **{**kwargs, "edsr_weights": str(copy)})["written"] == 0
+    other = EDSR().state_dict()  # other weights under that path (a node that pretrained its own): refused
+    torch.save(other, copy)
+    with pytest.raises(ValueError, match="edsr_weights_sha256="):
+        generate(image_root, out, **{**kwargs, "edsr_weights": str(copy)})
+    manifest = json.loads((out / "generate.json").read_text())
+    assert manifest["edsr_weights"] == str(pretrained["edsr"].resolve())  # recorded, not compared
+    assert manifest["cae_weights_sha256"] == hashlib.sha256(pretrained["cae"].read_bytes()).hexdigest()
     mode = 0o666 & ~_umask()  # what open() gives, so that shared datasets are readable by others
     assert {stat.S_IMODE(f.stat().st_mode) for f in out.rglob("*") if f.is_file()} == {mode}
     with pytest.raises(ValueError, match="size must be a multiple of 4 and >= 12"):
