@@ -8,8 +8,8 @@ perturbations). Work is split into ``num_shards`` shards by class (as the refere
 or by file; run one process per shard. Finished files are skipped, so an interrupted run resumes; every file is
 written to a temp file and renamed. ``<out>/generate.json`` records the settings that shape the outputs (size,
 images per network, the networks' sha256); a run into the same ``out`` with other settings is refused, so one
-folder never mixes two. A resumed shard restarts its generators: its remaining files get other draws than an uninterrupted
-run would have given them. Unreadable source images are skipped, counted and named in a warning.
+folder never mixes two. A resumed shard restarts its generators: its remaining files get other draws than an
+uninterrupted run would have given them. Unreadable source images are skipped, counted and named in a warning.
 """
 
 from __future__ import annotations

@@ -37,9 +37,8 @@ def reference_columns(
 
 def preview_grid(images: torch.Tensor, columns: Mapping[str, nn.Module]) -> torch.Tensor:
     """images [n, 3, S, S] in [0, 1] -> [n, 1 + len(columns), 3, S, S]: the clean images, then each
-    column's augmentation of them."""
-    with torch.no_grad():
-        return torch.stack([images, *(augment(images) for augment in columns.values())], dim=1)
+    column's augmentation of them (the augmentations run without autograd)."""
+    return torch.stack([images, *(augment(images) for augment in columns.values())], dim=1)
 
 
 def save_grid(grid: torch.Tensor, names: Sequence[str], path: Path, cell: int = 128) -> None:

@@ -145,9 +145,8 @@ def test_fused_cpu_matches_pytorch_ops_and_falls_back_where_it_cannot_run(kernel
         Noise2Net(**one_per_pass)(x64), Noise2Net(**one_per_pass, fused_cpu=False)(x64), atol=1e-5, rtol=0
     )
     nan = x.clone()
-    nan[0, 1, 10, 10] = float(
-        "nan"
-    )  # spreads over its image through the norms in both: the kernels' ReLU keeps NaN
+    # a NaN pixel spreads over its image through the norms in both: the kernels' ReLU keeps NaN
+    nan[0, 1, 10, 10] = float("nan")
     fused, ops = (Noise2Net(p=1.0, seed=5, precision="fp32", fused_cpu=f)(nan) for f in (True, False))
     assert fused[0].isnan().all() and ops[0].isnan().all()
     torch.testing.assert_close(fused[1:], ops[1:], atol=1e-5, rtol=0)

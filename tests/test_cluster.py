@@ -46,7 +46,11 @@ from train.run_dir import OutputDirError, check_run_dir
 from train.scale import scaled_optim
 
 GRID = ("softmax_baseline", "sigmoid_baseline")
-AUGMENT_PRETRAIN = ["augment_pretrain.budget_s=20", "augment_pretrain.max_images=256"]  # as test_train's
+PRETRAIN = AugmentPretrainConfig(budget_s=20, max_images=256)  # as test_train's: one cached pretraining
+AUGMENT_PRETRAIN = [
+    f"augment_pretrain.budget_s={PRETRAIN.budget_s}",
+    f"augment_pretrain.max_images={PRETRAIN.max_images}",
+]
 BASE_LR, BASE_BATCH = 0.05, 16  # TINY's lr at 16 images: 2 processes x 16 double it
 
 
@@ -151,9 +155,7 @@ def replayed_streams(job: Path, cache_dir: Path, batches: int) -> list[list[torc
     train_root = Path(config.data.root) / "train"
     states = []
     for rank in (0, 1):
-        augment, _ = build_augment(
-            config.augment, train_root, cache_dir, 32, OmegaConf.structured(AugmentPretrainConfig(20, 256))
-        )
+        augment, _ = build_augment(config.augment, train_root, cache_dir, 32, PRETRAIN)
         for part in augment.modules():
             if isinstance(part, RandomAugmentation):
                 part.reseed(part.seed + rank)
@@ -223,14 +225,11 @@ def test_ddp_ranks_take_rank_0s_deepaugment_networks(tmp_path: Path):
     mp.start_processes(share_on_rank, args=(tmp_path, port), nprocs=2, start_method="spawn")
     first, second = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert first["replaced"] == [] and second["replaced"] == ["steps.0.edsr", "steps.0.cae"]
-    for net, file in (("edsr", "edsr0.pt"), ("cae", "cae0.state")):
-        saved = torch.load(tmp_path / file, weights_only=True)
-        assert not all(
-            torch.equal(saved[k], v)
-            for k, v in torch.load(tmp_path / file.replace("0", "1"), weights_only=True).items()
-        )
+    for net, suffix in (("edsr", "pt"), ("cae", "state")):
+        zero, one = (torch.load(tmp_path / f"{net}{r}.{suffix}", weights_only=True) for r in (0, 1))
+        assert not all(torch.equal(zero[k], one[k]) for k in zero)  # the two files differ
         assert all(
-            torch.equal(second[net][k], saved[k]) and torch.equal(first[net][k], saved[k]) for k in saved
+            torch.equal(second[net][k], zero[k]) and torch.equal(first[net][k], zero[k]) for k in zero
         ), net
 
 
