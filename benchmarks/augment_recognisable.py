@@ -7,29 +7,52 @@ share of images whose prediction stays the same (target >= 50%) and the mean abs
 bicubic down-and-up round trip (what EDSR's x4 input leaves of the image), and EDSR and CAE with
 every perturbation off (what the pretrained networks themselves change).
 
+A row's share depends on which perturbed networks were drawn (one per 16 images: 32 networks per path
+for 512 images, and EDSR weight option 15 alone drops a network's share to ~4%), so every row is
+measured with ``repeats`` seeds (other draws on the same images): the mean share, a 95% interval of that
+mean (t-interval over the seeds) and the lowest and highest seed. The mix row also gives the share among
+the images it sent through a network (its clean third left out), the issue's "augmented images".
+
     python -m benchmarks.augment_recognisable checkpoint=<run>/checkpoints/last.ckpt [images=512]
-        [edsr_size=32] [cae_size=128] [per_option=true] [precision=fp32]
+        [repeats=4] [edsr_size=32] [cae_size=128] [per_option=true] [precision=fp32]
+        [cae_latent_options=[1,2,3,4,5,7,8]] [edsr_weight_options=...] ...
 
 ``edsr_size`` sets EDSR's input side, ``cae_size`` the CAE's working side and ``precision`` the arithmetic of
 the networks and of Noise2Net's 3x3 convs (defaults: a quarter of the image, the image's side, auto);
-``per_option=true`` adds one row per EDSR weight option (one draw, activation options off) and per EDSR
-activation option (weight options off).
+the five option lists (``edsr_weight_options``, ``edsr_pre_options``, ``edsr_body_options``,
+``cae_weight_options``, ``cae_latent_options``; default: all of the reference's) set the perturbed rows' options;
+``per_option=true`` adds one row per option, every other perturbation of that network off: per EDSR weight
+option (one draw), EDSR activation option, CAE weight option and CAE latent option.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from omegaconf import OmegaConf
+from scipy import stats
 
-from augment import DeepAugment, Noise2Net, ensure_pretrained, perturb_edsr
+from augment import DeepAugment, Noise2Net, ensure_pretrained, perturb_cae, perturb_edsr
 from augment.networks.edsr import downscale
 from augment.pretrain import CACHE_SUBDIR
 from evaluation.config import compose_config
 from evaluation.program import build_data, build_model
 from train.data.datamodule import find_split
+
+OPTION_KEYS = (
+    "edsr_weight_options",
+    "edsr_pre_options",
+    "edsr_body_options",
+    "cae_weight_options",
+    "cae_latent_options",
+)
+MIX = "DeepAugment mix (1/3 clean)"
+NOISE2NET = "Noise2Net (p=1)"
 
 
 def bicubic_round_trip(x: torch.Tensor) -> torch.Tensor:
@@ -38,12 +61,25 @@ def bicubic_round_trip(x: torch.Tensor) -> torch.Tensor:
     return up.clamp(0, 1)
 
 
+def seed_interval(shares: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Mean of per-seed shares and the half-width of its Student's t interval (0 for one seed)."""
+    values = np.asarray(shares, dtype=np.float64)
+    if len(values) < 2:
+        return float(values.mean()), 0.0
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+    return float(values.mean()), float(half)
+
+
 def main() -> None:
     if any(a in ("-h", "--help") for a in sys.argv[1:]) or not all("=" in a for a in sys.argv[1:]):
         raise SystemExit(__doc__)
     args = dict(a.split("=", 1) for a in sys.argv[1:])
     n = int(args.pop("images", 512))
+    repeats = int(args.pop("repeats", 4))
+    if repeats < 1:
+        raise SystemExit(f"repeats must be >= 1 (seeds per row), got {repeats}")
     sizes = {key: int(args.pop(key)) if key in args else None for key in ("edsr_size", "cae_size")}
+    options = {key: tuple(yaml.safe_load(args.pop(key))) for key in OPTION_KEYS if key in args}
     per_option = args.pop("per_option", "false").lower() == "true"
     precision = args.pop("precision", "auto")
     conf = OmegaConf.to_object(compose_config([f"{k}={v}" for k, v in args.items()] + ["eval=clean"]))
@@ -59,49 +95,75 @@ def main() -> None:
         "edsr_weights": str(weights["edsr"]),
         "cae_weights": str(weights["cae"]),
         **sizes,
+        **options,
         "precision": precision,
     }
     edsr_off = {"edsr_weight_options": (), "edsr_pre_options": (), "edsr_body_options": ()}
-    augmentations = {
-        "bicubic x4 down-up": bicubic_round_trip,
-        "EDSR, perturbations off": DeepAugment(**nets, p_edsr=1.0, p_cae=0.0, **edsr_off),
-        "CAE, perturbations off": DeepAugment(
-            **nets, p_edsr=0.0, p_cae=1.0, cae_weight_options=(), cae_latent_options=()
-        ),
-        "EDSR": DeepAugment(**nets, p_edsr=1.0, p_cae=0.0),
-        "CAE": DeepAugment(**nets, p_edsr=0.0, p_cae=1.0),
-        "DeepAugment mix (1/3 clean)": DeepAugment(**nets),
-        "Noise2Net (p=1)": Noise2Net(p=1.0, precision=precision),
+    cae_off = {"cae_weight_options": (), "cae_latent_options": ()}
+    # name -> settings of one DeepAugment (the seed added per repeat); None = no network
+    augmentations: dict[str, dict | None] = {
+        "bicubic x4 down-up": None,
+        "EDSR, perturbations off": {**nets, "p_edsr": 1.0, "p_cae": 0.0, **edsr_off},
+        "CAE, perturbations off": {**nets, "p_edsr": 0.0, "p_cae": 1.0, **cae_off},
+        "EDSR": {**nets, "p_edsr": 1.0, "p_cae": 0.0},
+        "CAE": {**nets, "p_edsr": 0.0, "p_cae": 1.0},
+        MIX: nets,
     }
-    if per_option:
-        edsr_only = {**nets, "p_edsr": 1.0, "p_cae": 0.0}
-        for key, options, extra in (
-            ("edsr_weight_options", perturb_edsr.WEIGHT_OPTIONS, {"edsr_weight_draws": 1}),
-            ("edsr_pre_options", perturb_edsr.PRE_OPTIONS, {}),
-            ("edsr_body_options", perturb_edsr.BODY_OPTIONS, {}),
+    if per_option:  # one option at a time, every other perturbation of that network off
+        edsr_only = {**nets, "p_edsr": 1.0, "p_cae": 0.0, **edsr_off}
+        cae_only = {**nets, "p_edsr": 0.0, "p_cae": 1.0, **cae_off}
+        for network, base, key, options, extra in (
+            ("EDSR", edsr_only, "edsr_weight_options", perturb_edsr.WEIGHT_OPTIONS, {"edsr_weight_draws": 1}),
+            ("EDSR", edsr_only, "edsr_pre_options", perturb_edsr.PRE_OPTIONS, {}),
+            ("EDSR", edsr_only, "edsr_body_options", perturb_edsr.BODY_OPTIONS, {}),
+            ("CAE", cae_only, "cae_weight_options", perturb_cae.WEIGHT_OPTIONS, {}),
+            ("CAE", cae_only, "cae_latent_options", perturb_cae.LATENT_OPTIONS, {}),
         ):
             for option in options:
-                chosen = {**edsr_only, **edsr_off, **extra, key: (option,)}
-                augmentations[f"EDSR {key.split('_')[1]} option {option}"] = DeepAugment(**chosen)
+                augmentations[f"{network} {key.split('_')[1]} option {option}"] = {
+                    **base,
+                    **extra,
+                    key: (option,),
+                }
+
+    def build(name: str, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        if name == NOISE2NET:
+            return Noise2Net(p=1.0, precision=precision, seed=seed)
+        settings = augmentations[name]
+        return bicubic_round_trip if settings is None else DeepAugment(**settings, seed=seed)
+
     with torch.no_grad():
         clean = torch.cat([model.eval_forward(b).argmax(1) for b in images.split(128)])
         print(
             f"{len(images)} val images, {images.shape[-1]} px, model {conf.model.name} from {conf.checkpoint}, "
-            f"DeepAugment precision={precision} edsr_size={sizes['edsr_size']} cae_size={sizes['cae_size']}"
+            f"DeepAugment precision={precision} edsr_size={sizes['edsr_size']} cae_size={sizes['cae_size']}, "
+            f"{repeats} seeds per row (mean share kept, its 95% t-interval, lowest-highest seed)"
         )
-        for name, augment in augmentations.items():
-            out = torch.cat([augment(b) for b in images.split(64)])
-            kept = torch.cat([model.eval_forward(b).argmax(1) for b in out.split(128)]) == clean
-            change = (out - images).abs().mean().item()
-            print(
-                f"{name:<30} prediction kept {100 * kept.float().mean().item():5.1f}%   "
-                f"mean |pixel change| {change:.3f}"
+        for name in [*augmentations, NOISE2NET]:
+            shares, routed_shares, changes = [], [], []
+            for seed in range(repeats):
+                augment = build(name, seed)
+                out = torch.cat([augment(b) for b in images.split(64)])
+                kept = torch.cat([model.eval_forward(b).argmax(1) for b in out.split(128)]) == clean
+                shares.append(100 * kept.float().mean().item())
+                changes.append((out - images).abs().mean().item())
+                if name == MIX:  # the images the mix sent through a network: clean rows leave it bit for bit
+                    routed = (out != images).flatten(1).any(1)
+                    routed_shares.append(100 * kept[routed].float().mean().item())
+            mean, half = seed_interval(shares)
+            line = (
+                f"{name:<30} prediction kept {mean:5.1f}% ± {half:4.1f} ({min(shares):.1f}-{max(shares):.1f})   "
+                f"mean |pixel change| {np.mean(changes):.3f}"
             )
+            if name == MIX:
+                routed_mean, routed_half = seed_interval(routed_shares)
+                line += f"   images sent through a network: kept {routed_mean:5.1f}% ± {routed_half:4.1f}"
+            print(line)
         if precision != "fp32":  # what the cheaper arithmetic changes: same seed, same draws, fp32 networks
-            for name, probs in (("EDSR", (1.0, 0.0)), ("CAE", (0.0, 1.0))):
+            for name in ("EDSR", "CAE"):
                 runs = []
                 for p in (precision, "fp32"):  # one module each: the same seed gives both the same draws
-                    aug = DeepAugment(**{**nets, "precision": p}, p_edsr=probs[0], p_cae=probs[1])
+                    aug = DeepAugment(**{**augmentations[name], "precision": p})
                     runs.append(torch.cat([aug(b) for b in images.split(64)]))
                 diff = (runs[0] - runs[1]).abs()
                 print(
