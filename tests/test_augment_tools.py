@@ -41,7 +41,7 @@ EDSR_VS_BICUBIC_DB = -1.0  # the EDSR starts as a least-squares linear upsampler
 CAE_MIN_PSNR_DB = 10.0  # a few CAE steps; an untrained CAE gives ~5-8 dB on these crops
 # Inside the outer 4 px ring (the decoder's unpadded 3x3 convs drop the code's outer ring of cells, which a
 # short pretraining leaves near mid-grey: 44% of a 32 px image) the CAE starts at 21.6 dB on the val crops and
-# measured 18.3-21.9 dB after 18-335 steps (its first steps trade the interior for the ring), a flat colour 16.7 dB.
+# measured 18.3-21.9 dB after 11-335 steps (its first steps trade the interior for the ring), a flat colour 16.7 dB.
 CAE_INTERIOR_OVER_FLAT_DB = 0.5
 
 
