@@ -8,10 +8,10 @@ bicubic down-and-up round trip (what EDSR's x4 input leaves of the image), and E
 every perturbation off (what the pretrained networks themselves change).
 
 A row's share depends on which perturbed networks were drawn (one per 16 images: 32 networks per path
-for 512 images, and EDSR weight option 15 alone drops a network's share to ~4%), so every row is
+for 512 images, and EDSR weight option 15 alone drops a network's share to 4-16%), so every row is
 measured with ``repeats`` seeds (other draws on the same images): the mean share, a 95% interval of that
 mean (t-interval over the seeds) and the lowest and highest seed. The mix row also gives the share among
-the images it sent through a network (its clean third left out), the issue's "augmented images".
+the images it sent through a network (its clean third left out): the mix's augmented images.
 
     python -m benchmarks.augment_recognisable checkpoint=<run>/checkpoints/last.ckpt [images=512]
         [repeats=4] [edsr_size=32] [cae_size=128] [per_option=true] [precision=fp32]
@@ -70,6 +70,16 @@ def seed_interval(shares: list[float], level: float = 0.95) -> tuple[float, floa
     return float(values.mean()), float(half)
 
 
+def option_list(key: str, text: str) -> tuple[int, ...]:
+    """``[1,2,3]`` -> (1, 2, 3); anything but a list of integers stops with one line naming ``key``."""
+    value = yaml.safe_load(text)
+    if not isinstance(value, list) or not all(isinstance(v, int) for v in value):
+        raise SystemExit(
+            f"{key} takes a list of option numbers, e.g. {key}=[1,2,3] ([] for none); got {text!r}"
+        )
+    return tuple(value)
+
+
 def main() -> None:
     if any(a in ("-h", "--help") for a in sys.argv[1:]) or not all("=" in a for a in sys.argv[1:]):
         raise SystemExit(__doc__)
@@ -79,7 +89,7 @@ def main() -> None:
     if repeats < 1:
         raise SystemExit(f"repeats must be >= 1 (seeds per row), got {repeats}")
     sizes = {key: int(args.pop(key)) if key in args else None for key in ("edsr_size", "cae_size")}
-    options = {key: tuple(yaml.safe_load(args.pop(key))) for key in OPTION_KEYS if key in args}
+    options = {key: option_list(key, args.pop(key)) for key in OPTION_KEYS if key in args}
     per_option = args.pop("per_option", "false").lower() == "true"
     precision = args.pop("precision", "auto")
     conf = OmegaConf.to_object(compose_config([f"{k}={v}" for k, v in args.items()] + ["eval=clean"]))
@@ -112,14 +122,14 @@ def main() -> None:
     if per_option:  # one option at a time, every other perturbation of that network off
         edsr_only = {**nets, "p_edsr": 1.0, "p_cae": 0.0, **edsr_off}
         cae_only = {**nets, "p_edsr": 0.0, "p_cae": 1.0, **cae_off}
-        for network, base, key, options, extra in (
+        for network, base, key, choices, extra in (
             ("EDSR", edsr_only, "edsr_weight_options", perturb_edsr.WEIGHT_OPTIONS, {"edsr_weight_draws": 1}),
             ("EDSR", edsr_only, "edsr_pre_options", perturb_edsr.PRE_OPTIONS, {}),
             ("EDSR", edsr_only, "edsr_body_options", perturb_edsr.BODY_OPTIONS, {}),
             ("CAE", cae_only, "cae_weight_options", perturb_cae.WEIGHT_OPTIONS, {}),
             ("CAE", cae_only, "cae_latent_options", perturb_cae.LATENT_OPTIONS, {}),
         ):
-            for option in options:
+            for option in choices:
                 augmentations[f"{network} {key.split('_')[1]} option {option}"] = {
                     **base,
                     **extra,
