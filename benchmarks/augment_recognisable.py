@@ -38,6 +38,7 @@ from omegaconf import OmegaConf
 from scipy import stats
 
 from augment import DeepAugment, Noise2Net, ensure_pretrained, perturb_cae, perturb_edsr
+from augment.base import RandomAugmentation
 from augment.networks.edsr import downscale
 from augment.pretrain import CACHE_SUBDIR
 from evaluation.config import compose_config
@@ -136,11 +137,11 @@ def main() -> None:
                     key: (option,),
                 }
 
-    def build(name: str, seed: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    def build(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
         if name == NOISE2NET:
-            return Noise2Net(p=1.0, precision=precision, seed=seed)
+            return Noise2Net(p=1.0, precision=precision)
         settings = augmentations[name]
-        return bicubic_round_trip if settings is None else DeepAugment(**settings, seed=seed)
+        return bicubic_round_trip if settings is None else DeepAugment(**settings)
 
     with torch.no_grad():
         clean = torch.cat([model.eval_forward(b).argmax(1) for b in images.split(128)])
@@ -151,8 +152,10 @@ def main() -> None:
         )
         for name in [*augmentations, NOISE2NET]:
             shares, routed_shares, changes = [], [], []
+            augment = build(name)  # networks loaded once; each repeat restarts its generators from its seed
             for seed in range(repeats):
-                augment = build(name, seed)
+                if isinstance(augment, RandomAugmentation):
+                    augment.reseed(seed)
                 out = torch.cat([augment(b) for b in images.split(64)])
                 kept = torch.cat([model.eval_forward(b).argmax(1) for b in out.split(128)]) == clean
                 shares.append(100 * kept.float().mean().item())

@@ -207,8 +207,8 @@ def share_on_rank(rank: int, root: Path, port: int) -> None:
             return box[0]
 
         replaced = share_networks(Chain([aug]), broadcast)
-        torch.save({"replaced": replaced, "edsr": aug.edsr.state_dict(), "cae": aug.cae.state_dict()},
-                   root / f"rank{rank}.pt")  # fmt: skip
+        result = {"replaced": replaced, "edsr": aug.edsr.state_dict(), "cae": aug.cae.state_dict()}
+        torch.save(result, root / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
