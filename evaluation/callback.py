@@ -158,14 +158,21 @@ class VariantEvaluator(L.Callback):
             self.append_history(trainer, results)
 
     def report_unreadable(self, trainer: L.Trainer, source: EvalSource, indices: set[int]) -> int:
-        """Rank 0 lists the unreadable images of a source (gathered from all ranks) in the run dir;
-        returns their number."""
+        """Rank 0 appends the unreadable images of a source (gathered from all ranks) to the run dir's
+        ``unreadable_eval_files.txt`` as ``<variants>\t<path>`` lines, once per file; returns their number."""
         parts = gather_objects(indices)
         found = sorted(set().union(*parts))
         if found and trainer.is_global_zero:
-            log.warning("%d unreadable images in %s excluded from its scores", len(found), source.key)
-            with (self.history_path.parent / "unreadable_eval_files.txt").open("a") as handle:
-                handle.writelines(f"{source.key}\t{source.dataset.samples[i].path}\n" for i in found)
+            names = ",".join(v.name for v in source.variants)
+            log.warning(
+                "%d unreadable images of %s (%s) left out of their scores", len(found), names, source.key
+            )
+            listing = self.history_path.parent / "unreadable_eval_files.txt"
+            # each epoch's evaluation meets the same files again
+            listed = set(listing.read_text().splitlines()) if listing.exists() else set()
+            lines = [f"{names}\t{source.dataset.samples[i].path}" for i in found]
+            with listing.open("a") as handle:
+                handle.writelines(f"{line}\n" for line in lines if line not in listed)
         return len(found)
 
     def append_history(self, trainer: L.Trainer, results: dict[str, float]) -> None:

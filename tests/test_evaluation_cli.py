@@ -283,6 +283,46 @@ def test_timm_weights_file_scores_like_a_plain_forward_pass(
     assert metrics["experiment"] == "default"
 
 
+def test_unreadable_images_score_as_if_they_were_not_there(tmp_path: Path, bench_root: Path, cache_dir: Path):
+    """Unreadable val / ImageNet-R files leave numerator and denominator and are listed by name: the
+    scores equal those of the same sets with the files deleted."""
+    root = tmp_path / "bench_copy"
+    shutil.copytree(bench_root, root)
+    classes = (root / "classes.txt").read_text().split()
+    val = [s.path for s in scan_folder(root / "val", classes)]
+    r_files = sorted((root / "imagenet-r").rglob("*.*"))
+    broken = {"imagenet": [val[0], val[7], val[-1]], "imagenet-r": r_files[3:5]}  # last: wraps to the first
+    for i, path in enumerate(broken["imagenet"] + broken["imagenet-r"]):
+        if i % 2:
+            path.write_text("this is not an image")
+        else:
+            path.write_bytes(path.read_bytes()[:200])  # a truncated JPEG
+    torch.manual_seed(0)
+    weights = tmp_path / "weights.pth"
+    torch.save(timm.create_model("test_resnet", num_classes=20).state_dict(), weights)
+    args = [
+        "model.name=test_resnet",
+        f"model.pretrained={weights}",
+        f"data.root={root}",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "eval.variants=[imagenet,imagenet-r]",
+    ]
+    run_eval([*args, f"output_dir={tmp_path / 'broken'}"], tmp_path, cache_dir)
+    listed = (tmp_path / "broken" / "unreadable_eval_files.txt").read_text().splitlines()
+    names = {"imagenet": "imagenet", "imagenet-r": "imagenet-r"}
+    assert sorted(listed) == sorted(
+        f"{names[key]}\t{path}" for key, paths in broken.items() for path in paths
+    )
+    for path in broken["imagenet"] + broken["imagenet-r"]:
+        path.unlink()
+    run_eval([*args, f"output_dir={tmp_path / 'deleted'}"], tmp_path, cache_dir)
+    with_broken = json.loads((tmp_path / "broken" / "metrics.json").read_text())
+    with_deleted = json.loads((tmp_path / "deleted" / "metrics.json").read_text())
+    assert with_broken["val/imagenet/n"] == len(val) - 3
+    assert with_broken == pytest.approx(with_deleted, abs=1e-9)
+
+
 @pytest.fixture
 def bad_run(run_dir: Path, tmp_path: Path) -> Path:
     """A copy of the run whose checkpoint's classifier was cut to 10 classes."""
@@ -349,3 +389,26 @@ def test_bad_input_stops_with_one_line(tmp_path: Path, bad_run: Path, bench_root
     line = error_line([*weights_data, "eval.c_normaliser=alexnett"], capsys)
     assert "eval.c_normaliser='alexnett' is unknown" in line
     assert not (tmp_path / "out").exists()  # stopped before writing anything
+    unreadable = tmp_path / "imagenet-r"  # a set with no readable image, read by a DataLoader worker
+    shutil.copytree(bench_root / "imagenet-r", unreadable)
+    for path in unreadable.rglob("*.*"):
+        path.write_text("this is not an image")
+    first = scan_folder(unreadable, (bench_root / "classes.txt").read_text().split())[0]
+    torch.save(timm.create_model("test_resnet", num_classes=20).state_dict(), weights)
+    line = error_line(
+        [
+            "model.name=test_resnet",
+            f"model.pretrained={weights}",
+            f"data.root={bench_root}",
+            "data.image_size=32",
+            "data.num_workers=1",
+            "eval.variants=[imagenet-r]",
+            f"+eval.paths.imagenet-r={unreadable}",
+            f"output_dir={tmp_path / 'out_r'}",
+        ],
+        capsys,
+    )
+    assert line == (
+        f"error: no readable image among the {len(list(unreadable.rglob('*.*')))} files of this set "
+        f"(e.g. {first.path}); replace the files or leave the set out"
+    )

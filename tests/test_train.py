@@ -93,9 +93,7 @@ def test_training_run_writes_every_output(tmp_path: Path, bench_root: Path, cach
     assert "val/imagenet/top1" in text and "health/images_per_s" in text
 
 
-def test_bad_training_images_are_replaced_counted_and_listed(
-    tmp_path: Path, bench_root: Path, cache_dir: Path
-):
+def test_bad_images_are_replaced_counted_and_listed(tmp_path: Path, bench_root: Path, cache_dir: Path):
     root = tmp_path / "bench_copy"
     shutil.copytree(bench_root, root)
     wnid = (root / "classes.txt").read_text().split()[0]
@@ -103,6 +101,8 @@ def test_bad_training_images_are_replaced_counted_and_listed(
     files[0].write_bytes(files[0].read_bytes()[:200])  # truncated JPEG
     files[1].write_text("this is not an image")
     (root / "train" / wnid / "zz_notes.txt").write_text("stray non-image file")
+    bad_val = sorted((root / "val" / wnid).glob("*.JPEG"))[0]
+    bad_val.write_text("this is not an image")
     run_dir = tmp_path / "run"
     run_train(
         [
@@ -121,6 +121,12 @@ def test_bad_training_images_are_replaced_counted_and_listed(
     assert {line.split("\t")[1] for line in listed} <= bad and len(listed) >= 3 - dropped
     logged = pd.read_csv(run_dir / "csv" / "metrics.csv")
     assert logged["data/bad_files"].dropna().iloc[-1] == len(listed)
+    # the epoch's and the final evaluation both meet the unreadable val image: each file is listed once
+    unreadable = (run_dir / "unreadable_eval_files.txt").read_text().splitlines()
+    assert len(set(unreadable)) == len(unreadable)
+    assert {line.split("\t")[1] for line in unreadable} <= bad | {str(bad_val)}  # minival is held-out train
+    (val_line,) = [line for line in unreadable if line.endswith(f"\t{bad_val}")]
+    assert val_line.startswith("imagenet,imagenet-real,")
     with Image.open(files[2]) as image:  # the good files are untouched
         image.load()
 

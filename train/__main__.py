@@ -45,7 +45,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         results = run(cfg)
     except EXPECTED_ERRORS as err:
         log.error("%s: %s", type(err).__name__, err)
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {error_line(err)}", file=sys.stderr)
         sys.exit(2)
     return results.get("val/imagenet/top1")
 

@@ -169,8 +169,14 @@ def register_configs() -> None:
 
 def error_line(error: BaseException) -> str:
     """One line for a command-line error: the message with its whitespace folded, plus the informative
-    error Hydra wraps (an unknown key, a wrong type)."""
-    message = " ".join(str(error).split())
+    error Hydra wraps (an unknown key, a wrong type); an error re-raised from a DataLoader worker is
+    reduced to its own message (torch puts the worker's traceback in front of it)."""
+    message = str(error)
+    lines = message.splitlines()
+    if message.startswith("Caught ") and len(lines) > 1 and lines[1].startswith("Original Traceback"):
+        last_frame = max(i for i, line in enumerate(lines) if line.startswith(" "))
+        message = "\n".join(lines[last_frame + 1 :]).split(": ", 1)[-1]  # after "package.module.Error: "
+    message = " ".join(message.split())
     cause = error.__cause__
     if isinstance(error, HydraException) and cause is not None:
         message = f"{message} ({' '.join(str(cause).split())})"
