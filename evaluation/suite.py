@@ -246,7 +246,9 @@ def build_suite(
     def add_source(key: str, make: Callable[[], tuple[list[Sample], dict[str, torch.Tensor]]]) -> EvalSource:
         if key not in sources:
             samples, extras = make()
-            sources[key] = EvalSource(key, ImageFolderDataset(samples, transform), extras=extras)
+            dataset = ImageFolderDataset(samples, transform)
+            dataset.read_from(0)  # a set with no readable image is skipped here, not after a pass over it
+            sources[key] = EvalSource(key, dataset, extras=extras)
         return sources[key]
 
     for variant in (get_variant(n) for n in variant_names):

@@ -13,7 +13,7 @@ from PIL import Image
 from timm.data import ImageNetInfo, create_transform
 
 from evaluation.suite import load_real_labels
-from train.config import DataConfig
+from train.config import DataConfig, error_line
 from train.data.datamodule import ImageNetDataModule, find_split, load_classes
 from train.data.folder import DataLayoutError, ImageFolderDataset, natural_key, scan_folder
 from train.data.transforms import eval_transform, train_transform
@@ -122,6 +122,22 @@ def test_unreadable_files_are_replaced_and_reported(tmp_path):
     assert [item[3] for item in items] == [-1, 1, 2, -1]  # bad = the replaced file's index
     assert [item[2] for item in items] == [0, 3, 3, 3]  # replaced by the next readable file
     assert all(item[0].shape == (3, 8, 8) for item in items)
+
+
+def test_a_worker_error_is_one_line_of_its_own_message(tmp_path):
+    """torch re-raises a DataLoader worker's error with the worker's traceback in front of its message."""
+    for name in ("a1.jpg", "a2.jpg"):
+        (tmp_path / "n01").mkdir(exist_ok=True)
+        (tmp_path / "n01" / name).write_text("not an image")
+    samples = scan_folder(tmp_path, ["n01"])
+    loader = torch.utils.data.DataLoader(ImageFolderDataset(samples, lambda x: x), num_workers=1)
+    with pytest.raises(DataLayoutError) as raised:
+        next(iter(loader))
+    assert "Original Traceback" in str(raised.value)
+    assert error_line(raised.value) == (
+        f"no readable image among the 2 files of this set (e.g. {samples[0].path}); "
+        "replace the files or leave the set out"
+    )
 
 
 def test_real_labels_follow_sorted_val_basenames(tmp_path):

@@ -389,26 +389,3 @@ def test_bad_input_stops_with_one_line(tmp_path: Path, bad_run: Path, bench_root
     line = error_line([*weights_data, "eval.c_normaliser=alexnett"], capsys)
     assert "eval.c_normaliser='alexnett' is unknown" in line
     assert not (tmp_path / "out").exists()  # stopped before writing anything
-    unreadable = tmp_path / "imagenet-r"  # a set with no readable image, read by a DataLoader worker
-    shutil.copytree(bench_root / "imagenet-r", unreadable)
-    for path in unreadable.rglob("*.*"):
-        path.write_text("this is not an image")
-    first = scan_folder(unreadable, (bench_root / "classes.txt").read_text().split())[0]
-    torch.save(timm.create_model("test_resnet", num_classes=20).state_dict(), weights)
-    line = error_line(
-        [
-            "model.name=test_resnet",
-            f"model.pretrained={weights}",
-            f"data.root={bench_root}",
-            "data.image_size=32",
-            "data.num_workers=1",
-            "eval.variants=[imagenet-r]",
-            f"+eval.paths.imagenet-r={unreadable}",
-            f"output_dir={tmp_path / 'out_r'}",
-        ],
-        capsys,
-    )
-    assert line == (
-        f"error: no readable image among the {len(list(unreadable.rglob('*.*')))} files of this set "
-        f"(e.g. {first.path}); replace the files or leave the set out"
-    )

@@ -77,6 +77,27 @@ def test_imagenet_o_without_val_images_of_its_classes_is_skipped_before_any_pass
         suite_of(["imagenet-o"], bench_root, paths={"imagenet": str(val)}, strict=True)
 
 
+def test_a_set_with_no_readable_image_is_skipped_before_any_pass(bench_root: Path, tmp_path: Path, caplog):
+    unreadable = tmp_path / "imagenet-r"
+    shutil.copytree(bench_root / "imagenet-r", unreadable)
+    files = sorted(unreadable.rglob("*.*"))
+    for path in files:
+        path.write_text("this is not an image")
+    paths = {"imagenet-r": str(unreadable)}
+    suite = suite_of(["imagenet", "imagenet-r"], bench_root, paths=paths)
+    assert [v.name for s in suite.sources for v in s.variants] == ["imagenet"]
+    assert f"skipping variant imagenet-r: no readable image among the {len(files)} files" in caplog.text
+    with pytest.raises(
+        DataLayoutError, match="no readable image .*eval.strict=true: point eval.paths.imagenet-r="
+    ):
+        suite_of(["imagenet-r"], bench_root, paths=paths, strict=True)
+    files[-1].write_bytes(
+        (bench_root / "imagenet-r").joinpath(files[-1].relative_to(unreadable)).read_bytes()
+    )
+    suite = suite_of(["imagenet-r"], bench_root, paths=paths, strict=True)  # one readable image is enough
+    assert len(suite.source(str(unreadable)).dataset) == len(files)
+
+
 def test_minival_is_read_only_when_asked_and_a_missing_train_split_skips_it(bench_root: Path):
     def no_train():
         raise DataLayoutError("no train split")

@@ -187,19 +187,23 @@ class ImageFolderDataset(Dataset):
         with Image.open(source) as image:
             return image.convert("RGB")
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
+    def read_from(self, index: int) -> tuple[Image.Image, int, int]:
+        """The first readable image at or after ``index`` (wrapping round): ``(image, its index, the first
+        unreadable index met or -1)``; DataLayoutError, naming a file, when no image of the set is readable."""
         bad = -1
         for offset in range(len(self.samples)):
             i = (index + offset) % len(self.samples)
             try:
-                image = self.load(i)
+                return self.load(i), i, bad
             except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
                 if bad < 0:
                     bad = i
                 log.debug("unreadable image %s: %s", self.samples[i].path, err)
-                continue
-            return self.transform(image), self.samples[i].target, i, bad
         raise DataLayoutError(
             f"no readable image among the {len(self.samples)} files of this set (e.g. {self.samples[0].path}); "
             "replace the files or leave the set out"
         )
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
+        image, i, bad = self.read_from(index)
+        return self.transform(image), self.samples[i].target, i, bad
