@@ -215,6 +215,7 @@ def build_suite(
         get_variant(name, key="eval.paths")
     sources: dict[str, EvalSource] = {}
     subsets: dict[str, torch.Tensor] = {}
+    skipped: list[str] = []
 
     def folder_of(variant: Variant) -> Path:
         if variant.name in paths:
@@ -310,8 +311,13 @@ def build_suite(
                     f"{variant.name} out of eval.variants)"
                 ) from None
             log.warning("skipping variant %s: %s", variant.name, err)
+            skipped.append(variant.name)
             continue
         source.variants.append(variant)
+    if skipped:
+        log.warning(
+            "%d of %d eval.variants skipped: %s", len(skipped), len(variant_names), ", ".join(skipped)
+        )
     return EvalSuite(list(sources.values()), subsets)
 
 

@@ -87,6 +87,7 @@ def test_a_set_with_no_readable_image_is_skipped_before_any_pass(bench_root: Pat
     suite = suite_of(["imagenet", "imagenet-r"], bench_root, paths=paths)
     assert [v.name for s in suite.sources for v in s.variants] == ["imagenet"]
     assert f"skipping variant imagenet-r: no readable image among the {len(files)} files" in caplog.text
+    assert "1 of 2 eval.variants skipped: imagenet-r" in caplog.text
     with pytest.raises(
         DataLayoutError, match="no readable image .*eval.strict=true: point eval.paths.imagenet-r="
     ):
