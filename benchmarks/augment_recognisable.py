@@ -15,14 +15,16 @@ the images it sent through a network (its clean third left out): the mix's augme
 
     python -m benchmarks.augment_recognisable checkpoint=<run>/checkpoints/last.ckpt [images=512]
         [repeats=4] [edsr_size=32] [cae_size=128] [per_option=true] [precision=fp32]
-        [cae_latent_options=[1,2,3,4,5,7,8]] [edsr_weight_options=...] ...
+        [cae_latent_options=[1,2,3,4,5,7,8]] [edsr_weight_options=...] [edsr_weights=<file>] [cae_weights=<file>]
 
 ``edsr_size`` sets EDSR's input side, ``cae_size`` the CAE's working side and ``precision`` the arithmetic of
 the networks and of Noise2Net's 3x3 convs (defaults: a quarter of the image, the image's side, auto);
 the five option lists (``edsr_weight_options``, ``edsr_pre_options``, ``edsr_body_options``,
 ``cae_weight_options``, ``cae_latent_options``; default: all of the reference's) set the perturbed rows' options;
 ``per_option=true`` adds one row per option, every other perturbation of that network off: per EDSR weight
-option (one draw), EDSR activation option, CAE weight option and CAE latent option.
+option (one draw), EDSR activation option, CAE weight option and CAE latent option. ``edsr_weights`` and
+``cae_weights`` judge other networks (a longer pretraining, the public checkpoints) than the built-in
+pretraining's cached ones.
 """
 
 from __future__ import annotations
@@ -93,15 +95,18 @@ def main() -> None:
     options = {key: option_list(key, args.pop(key)) for key in OPTION_KEYS if key in args}
     per_option = args.pop("per_option", "false").lower() == "true"
     precision = args.pop("precision", "auto")
+    weights = {key: args.pop(f"{key}_weights") for key in ("edsr", "cae") if f"{key}_weights" in args}
     conf = OmegaConf.to_object(compose_config([f"{k}={v}" for k, v in args.items()] + ["eval=clean"]))
     data, suite = build_data(conf)
     model = build_model(conf, data.num_classes).eval()
     val = suite.source("val").dataset
     rows = torch.linspace(0, len(val) - 1, min(n, len(val))).long().tolist()
     images = torch.stack([val[i][0] for i in rows])
-    weights = ensure_pretrained(
-        find_split(data.root, "train"), data.cache_dir / CACHE_SUBDIR, image_size=images.shape[-1]
-    )
+    if len(weights) < 2:
+        built_in = ensure_pretrained(
+            find_split(data.root, "train"), data.cache_dir / CACHE_SUBDIR, image_size=images.shape[-1]
+        )
+        weights = {**built_in, **weights}
     nets = {
         "edsr_weights": str(weights["edsr"]),
         "cae_weights": str(weights["cae"]),
