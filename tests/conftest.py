@@ -1,4 +1,5 @@
-"""Shared fixtures: a small embedded benchmark, and a helper that runs the real training CLI."""
+"""Shared fixtures: a small embedded benchmark, a helper that runs the real training CLI, and a random
+timm weights file."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
+import torch
 
 from train.data.benchmark import ensure_benchmark
 
@@ -67,3 +70,10 @@ def run_train(
             f"python -m train failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
         )
     return proc
+
+
+def random_weights(path: Path, num_classes: int = 20) -> Path:
+    """A timm ``test_resnet`` state dict with seed-0 random weights, saved at ``path``."""
+    torch.manual_seed(0)
+    torch.save(timm.create_model("test_resnet", num_classes=num_classes).state_dict(), path)
+    return path

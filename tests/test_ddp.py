@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-import timm
-import torch
+from conftest import random_weights
 from test_evaluation_cli import run_eval
 
 ODD = ("val", "imagenet-a", "imagenet-o")  # folders that lose one image
@@ -43,9 +42,7 @@ def odd_root(bench_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 def test_two_processes_score_odd_sets_exactly_like_one(odd_root: Path, tmp_path: Path, cache_dir: Path):
-    torch.manual_seed(0)
-    weights = tmp_path / "weights.pth"
-    torch.save(timm.create_model("test_resnet", num_classes=20).state_dict(), weights)
+    weights = random_weights(tmp_path / "weights.pth")
     common = [
         "model.name=test_resnet",
         f"model.pretrained={weights}",

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import timm
 import torch
-from conftest import TINY, cli_env, run_train
+from conftest import TINY, cli_env, random_weights, run_train
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
@@ -297,9 +297,7 @@ def test_unreadable_images_score_as_if_they_were_not_there(tmp_path: Path, bench
             path.write_text("this is not an image")
         else:
             path.write_bytes(path.read_bytes()[:200])  # a truncated JPEG
-    torch.manual_seed(0)
-    weights = tmp_path / "weights.pth"
-    torch.save(timm.create_model("test_resnet", num_classes=20).state_dict(), weights)
+    weights = random_weights(tmp_path / "weights.pth")
     args = [
         "model.name=test_resnet",
         f"model.pretrained={weights}",
