@@ -174,7 +174,7 @@ def error_line(error: BaseException) -> str:
     message = str(error)
     lines = message.splitlines()
     if message.startswith("Caught ") and len(lines) > 1 and lines[1].startswith("Original Traceback"):
-        last_frame = max(i for i, line in enumerate(lines) if line.startswith(" "))
+        last_frame = max((i for i, line in enumerate(lines) if line.startswith(" ")), default=1)
         message = "\n".join(lines[last_frame + 1 :]).split(": ", 1)[-1]  # after "package.module.Error: "
     message = " ".join(message.split())
     cause = error.__cause__
