@@ -37,12 +37,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 from omegaconf import OmegaConf
-from scipy import stats
 
 from augment import DeepAugment, Noise2Net, ensure_pretrained, perturb_cae, perturb_edsr
 from augment.base import RandomAugmentation
 from augment.networks.edsr import downscale
 from augment.pretrain import CACHE_SUBDIR
+from evaluation.compare.bootstrap import t_half_width
 from evaluation.config import compose_config
 from evaluation.program import build_data, build_model
 from train.data.datamodule import find_split
@@ -69,8 +69,7 @@ def seed_interval(shares: list[float], level: float = 0.95) -> tuple[float, floa
     values = np.asarray(shares, dtype=np.float64)
     if len(values) < 2:
         return float(values.mean()), 0.0
-    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
-    return float(values.mean()), float(half)
+    return float(values.mean()), float(t_half_width(values.std(ddof=1), len(values), level))
 
 
 def option_list(key: str, text: str) -> tuple[int, ...]:

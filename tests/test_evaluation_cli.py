@@ -308,10 +308,7 @@ def test_unreadable_images_score_as_if_they_were_not_there(tmp_path: Path, bench
     ]
     run_eval([*args, f"output_dir={tmp_path / 'broken'}"], tmp_path, cache_dir)
     listed = (tmp_path / "broken" / "unreadable_eval_files.txt").read_text().splitlines()
-    names = {"imagenet": "imagenet", "imagenet-r": "imagenet-r"}
-    assert sorted(listed) == sorted(
-        f"{names[key]}\t{path}" for key, paths in broken.items() for path in paths
-    )
+    assert sorted(listed) == sorted(f"{name}\t{path}" for name, paths in broken.items() for path in paths)
     for path in broken["imagenet"] + broken["imagenet-r"]:
         path.unlink()
     run_eval([*args, f"output_dir={tmp_path / 'deleted'}"], tmp_path, cache_dir)

@@ -148,6 +148,12 @@ def paired_differences(
     return pd.DataFrame(rows, columns=DIFFERENCE_COLUMNS)  # the header also when no pair has logits
 
 
+def t_half_width(std: np.ndarray | pd.Series, n: np.ndarray | pd.Series | int, level: float = LEVEL):
+    """Half-width of Student's t interval of a mean over ``n`` seeds with sample std ``std`` (ddof=1):
+    t(level, n - 1) * std / sqrt(n), elementwise (one seed: NaN, as its std is)."""
+    return stats.t.ppf(0.5 + level / 2, np.maximum(n - 1, 1)) * std / np.sqrt(n)
+
+
 def summarise(differences: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
     """Per (comparison, with, variant): mean and std (ddof=1) of the difference over seeds, the number of
     seeds, and an interval: with one seed the bootstrap one (test images), with several Student's t over
@@ -157,11 +163,7 @@ def summarise(differences: pd.DataFrame, level: float = LEVEL) -> pd.DataFrame:
     out["std"] = grouped["diff"].std(ddof=DDOF)
     first = grouped[["ci_low", "ci_high"]].first()
     single = out["n_seeds"] == 1
-    half = (
-        stats.t.ppf(0.5 + level / 2, (out["n_seeds"] - 1).clip(lower=1))
-        * out["std"]
-        / np.sqrt(out["n_seeds"])
-    )
+    half = t_half_width(out["std"], out["n_seeds"], level)
     out["ci_low"] = first["ci_low"].where(single, out["mean"] - half)
     out["ci_high"] = first["ci_high"].where(single, out["mean"] + half)
     return out.reset_index()
